@@ -1,0 +1,1 @@
+"""RAN-MedVLM: adversarial upstream noise in medical CLIP models and light-weight defences."""

@@ -1,0 +1,69 @@
+"""L∞ projected gradient ascent in [0, 1] pixel space, as a pure function over a score callable.
+
+Written by hand rather than taken from an attack library: those assume a classifier trained with
+cross-entropy and call `.backward()` (filling the model's `.grad`) or switch it to eval mode. Here the
+objective is any per-sample score of embeddings, and the model is never touched: gradients are taken
+with `torch.autograd.grad` with respect to the input pixels only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+"""Maps pixels N×C×H×W in [0, 1] to per-sample scores (N,) that the attack maximises."""
+
+
+def pgd_linf(
+    objective: Objective,
+    images: torch.Tensor,
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+    random_start: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Maximise `objective` over the L∞ ball of radius `eps` around `images`, intersected with [0, 1].
+
+    Every iterate (including the random start) lies inside the ball and inside [0, 1]. `generator` draws
+    the random start on its own device (CPU by default), so the start does not depend on where the model
+    runs. Returns detached adversarial images with the input's shape and dtype.
+    """
+    if eps < 0 or step <= 0 or steps < 0:
+        raise ValueError(f"PGD needs eps >= 0, step > 0 and steps >= 0 (got eps={eps}, step={step}, steps={steps})")
+    clean = images.detach()
+    lower = (clean - eps).clamp(0.0, 1.0)
+    upper = (clean + eps).clamp(0.0, 1.0)
+    adversarial = clean.clone()
+    if random_start and eps > 0:
+        device = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.rand(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+        adversarial = torch.clamp(clean + (2 * noise.to(clean.device) - 1) * eps, lower, upper)
+    for _ in range(steps):
+        adversarial.requires_grad_(True)
+        scores = objective(adversarial)
+        if scores.shape != (clean.shape[0],):
+            raise ValueError(f"the PGD objective must return one score per image, shape ({clean.shape[0]},); "
+                             f"got {tuple(scores.shape)}")
+        (gradient,) = torch.autograd.grad(scores.sum(), adversarial)
+        adversarial = torch.clamp(adversarial.detach() + step * gradient.sign(), lower, upper)
+    return adversarial.detach()
+
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+"""Maps pixels in [0, 1] to L2-normalised embeddings N×D (e.g. `MedClip.encode_pixels`)."""
+
+
+def targeted_objective(encode_pixels: Encoder, target_embeddings: torch.Tensor) -> Objective:
+    """Cosine similarity of each image's embedding to its target image's (normalised) embedding."""
+    targets = target_embeddings.detach()
+    return lambda pixels: (encode_pixels(pixels) * targets).sum(dim=-1)
+
+
+def untargeted_objective(encode_pixels: Encoder, caption_embeddings: torch.Tensor) -> Objective:
+    """Negative cosine similarity of each image's embedding to its own caption's (normalised) embedding."""
+    captions = caption_embeddings.detach()
+    return lambda pixels: -(encode_pixels(pixels) * captions).sum(dim=-1)

@@ -1,0 +1,1 @@
+"""Training loops: contrastive CLIP training, feature extraction and head fitting."""

@@ -1,0 +1,225 @@
+"""Contrastive CLIP training on in-memory image-caption pairs: the `surrogate` and `pretrain` stages.
+
+Both stages run the same loop (open_clip's ClipLoss, AdamW, linear warm-up then cosine decay, logit-scale
+clamp), differing only in their data folder and their `TrainParams` section. Held-out retrieval recall on
+the clean `val` split is measured after every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from dvclive import Live
+from open_clip.loss import ClipLoss
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from tqdm import tqdm
+
+from medvlm.data.manifest import to_pixels
+from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
+from medvlm.eval.retrieval import chance_recall, retrieval_recall
+from medvlm.io import DataError, atomic_dir, write_json
+from medvlm.models.clip import MedClip, create_clip, save_clip
+from medvlm.params import Params, ParamsError, TrainParams
+from medvlm.runtime import check_finite, log, resolve_device, seed_everything
+
+LOGIT_SCALE_MAX = math.log(100)
+"""open_clip's trainer clamps the learned temperature at ln(100), as the original CLIP paper does."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    step_losses: list[float]
+    epoch_losses: list[float]
+    """Mean training loss of each epoch."""
+    val_retrieval: dict[str, float]
+    """Retrieval recall on the validation pairs after the last epoch."""
+
+
+def _skips_weight_decay(name: str, param: nn.Parameter) -> bool:
+    # open_clip's trainer rule (gains, biases, logit_scale), extended to the token/positional/class
+    # embeddings, which are 2-D but are lookup tables, not weights to shrink.
+    return param.ndim < 2 or "bias" in name or "logit_scale" in name or "embedding" in name
+
+
+def build_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.AdamW:
+    """AdamW with weight decay only on the weight matrices."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    no_decay = [p for name, p in named if _skips_weight_decay(name, p)]
+    decay = [p for name, p in named if not _skips_weight_decay(name, p)]
+    return torch.optim.AdamW(
+        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": train.weight_decay}],
+        lr=train.lr,
+        fused=True,  # one kernel over all tensors: the CPU optimiser step is ~8x faster than the per-tensor loop
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:
+    """Linear warm-up from lr/warmup to lr over `warmup_steps` steps, then cosine decay towards 0.
+
+    Warm-up is cut short so at least one step is left for the cosine phase.
+    """
+    warmup = min(warmup_steps, total_steps - 1)
+    cosine = CosineAnnealingLR(optimizer, T_max=total_steps - warmup)
+    if warmup < 2:  # a one-step warm-up starts at lr/1, i.e. is no warm-up at all
+        return cosine
+    linear = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches; a last batch of one pair is dropped (no negatives)."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if batches and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def embed_pairs(clip: MedClip, pairs: ImageCaptionPairs, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised float32 image and text embeddings of every pair, on the CPU."""
+    was_training = clip.training
+    clip.eval()
+    device = clip.device
+    tokens = clip.tokenize(pairs.captions)
+    image_chunks, text_chunks = [], []
+    for start in range(0, len(pairs), batch_size):
+        pixels = to_pixels(pairs.images[start:start + batch_size].to(device, non_blocking=True))
+        with _autocast(device):
+            image_chunks.append(clip.encode_pixels(pixels).float().cpu())
+            text_chunks.append(clip.encode_tokens(tokens[start:start + batch_size]).float().cpu())
+    clip.train(was_training)
+    return torch.cat(image_chunks), torch.cat(text_chunks)
+
+
+def train_clip(
+    *,
+    clip: MedClip,
+    train_pairs: ImageCaptionPairs,
+    val_pairs: ImageCaptionPairs,
+    train: TrainParams,
+    generator: torch.Generator,
+    live: Live,
+    name: str = "clip",
+) -> TrainingResult:
+    """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`."""
+    if len(train_pairs) < 2:
+        raise DataError(f"contrastive training needs at least 2 training pairs, got {len(train_pairs)}")
+    device = clip.device
+    n_train = len(train_pairs)
+    total_steps = train.epochs * steps_per_epoch(n_train, train.batch_size)
+    tokens = clip.tokenize(train_pairs.captions)  # tokenized once, indexed per batch
+    loss_fn = ClipLoss()
+    optimizer = build_optimizer(clip, train)
+    scheduler = build_scheduler(optimizer, train.warmup_steps, total_steps)
+    log.info("%s: %d training pairs, %d epochs, %d steps, batch %d, on %s",
+             name, n_train, train.epochs, total_steps, train.batch_size, device)
+
+    step = 0
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    val_retrieval: dict[str, float] = {}
+    for epoch in range(1, train.epochs + 1):
+        clip.train()
+        batches = epoch_batches(n_train, train.batch_size, generator)
+        epoch_start = time.perf_counter()
+        seen = 0
+        progress = tqdm(batches, desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch", dynamic_ncols=True)
+        for index in progress:
+            pixels = to_pixels(train_pairs.images[index].to(device, non_blocking=True))
+            batch_tokens = tokens[index.to(device, non_blocking=True)]
+            with _autocast(device):
+                loss = loss_fn(clip.encode_pixels(pixels), clip.encode_tokens(batch_tokens), clip.logit_scale())
+            check_finite(loss, "contrastive loss", step)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                clip.clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+            loss_value = loss.item()
+            step_losses.append(loss_value)
+            seen += len(index)
+            live.log_metric("train/loss", loss_value)
+            live.log_metric("train/lr", lr)
+            live.log_metric("train/logit_scale", clip.logit_scale().item())
+            live.next_step()
+            step += 1
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+        seconds = time.perf_counter() - epoch_start
+        epoch_losses.append(sum(step_losses[-len(batches):]) / len(batches))
+
+        val_retrieval = retrieval_recall(*embed_pairs(clip, val_pairs, train.batch_size))
+        for key, value in val_retrieval.items():
+            live.log_metric(f"val/{key}", value)
+        log.info("%s epoch %d/%d: train loss %.4f, %.1f samples/s, val %s", name, epoch, train.epochs,
+                 epoch_losses[-1], seen / seconds, ", ".join(f"{k} {v:.3f}" for k, v in val_retrieval.items()))
+    return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval)
+
+
+def _run_training_stage(
+    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path, data_root: Path
+) -> dict:
+    """Load pairs from `data`, train a fresh CLIP, write the model folder, the DVCLive folder and metrics."""
+    device = resolve_device(params.device)
+    generator = seed_everything(params.seed)
+    train_pairs = load_pairs(data, data_root, "train")
+    val_pairs = load_pairs(data, data_root, "val")
+    if bool(val_pairs.perturbed.any()):
+        raise DataError(f"{data}: {int(val_pairs.perturbed.sum())} val pairs are marked perturbed; "
+                        "retrieval is measured on clean held-out pairs only")
+    image_size = pairs_image_size(data, train_pairs)
+    if val_pairs.images.shape[-2:] != train_pairs.images.shape[-2:]:
+        raise DataError(f"{data}: val images are {tuple(val_pairs.images.shape[-2:])}, "
+                        f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
+    try:
+        clip = create_clip(params.model.name, image_size, device)
+    except ValueError as exc:  # unknown model config: a params problem, reported as one
+        raise ParamsError(str(exc)) from None
+
+    with atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
+        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False) as logger:
+            result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
+                                generator=generator, live=logger, name=name)
+        save_clip(clip, model_dir)
+
+    summary = {
+        "retrieval": result.val_retrieval,
+        "chance": chance_recall(len(val_pairs)),
+        "final_train_loss": result.epoch_losses[-1],
+        "n_train": len(train_pairs),
+        "n_train_perturbed": int(train_pairs.perturbed.sum()),
+        "n_val": len(val_pairs),
+        "epochs": train.epochs,
+    }
+    write_json(metrics, summary)
+    return summary
+
+
+def surrogate_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
+                    data_root: Path = Path("data")) -> dict:
+    """DVC stage `surrogate`: the clean CLIP the attacks target, trained with `params.surrogate`."""
+    return _run_training_stage(params=params, train=params.surrogate, name="surrogate", data=data, out=out,
+                               live=live, metrics=metrics, data_root=data_root)
+
+
+def pretrain_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
+                   data_root: Path = Path("data")) -> dict:
+    """DVC stage `pretrain`: CLIP trained on the noisy pairs with `params.pretrain`."""
+    return _run_training_stage(params=params, train=params.pretrain, name="pretrain", data=data, out=out,
+                               live=live, metrics=metrics, data_root=data_root)

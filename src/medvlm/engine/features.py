@@ -1,0 +1,150 @@
+"""The `features` stage: frozen-encoder features for every downstream task and split, cached to disk.
+
+Heads train and evaluate on these tensors only, so the CLIP runs once per image and question; the
+file layout is documented in `medvlm.data.cached_features`.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medvlm.data.manifest import META_FILE, load_images, manifest_path, read_manifest, to_pixels
+from medvlm.data.cached_features import (
+    CLASSIFICATION_SPLITS,
+    FEATURES_META,
+    VQA_SPLITS,
+    fuse_vqa,
+)
+from medvlm.io import DataError, atomic_dir, read_json, save_tensors, write_json
+from medvlm.models.clip import MedClip, load_clip
+from medvlm.params import Params
+from medvlm.runtime import log, resolve_device
+
+ANSWER_TYPES = ("closed", "open")
+
+
+@torch.inference_mode()
+def embed_images(clip: MedClip, data_root: Path, paths: Sequence[str], batch_size: int, what: str) -> torch.Tensor:
+    """Normalised image embeddings (float32, CPU), decoding one batch of PNGs at a time."""
+    chunks = []
+    start_time = time.perf_counter()
+    with tqdm(total=len(paths), desc=f"embed {what}", unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start:start + batch_size]
+            pixels = to_pixels(load_images(data_root, batch)).to(clip.device)
+            chunks.append(clip.encode_pixels(pixels, normalize=True).float().cpu())
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start_time
+    log.info("embedded %d %s images in %.1f s (%.0f images/s)", len(paths), what, seconds,
+             len(paths) / max(seconds, 1e-9))
+    return torch.cat(chunks)
+
+
+@torch.inference_mode()
+def embed_texts(clip: MedClip, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Normalised text embeddings (float32, CPU)."""
+    chunks = [clip.encode_texts(list(texts[start:start + batch_size]), normalize=True).float().cpu()
+              for start in range(0, len(texts), batch_size)]
+    return torch.cat(chunks)
+
+
+def _embed_deduplicated(values: Sequence[str], embed: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """One embedding row per value, but each distinct value (image path, question) is embedded only once."""
+    unique = list(dict.fromkeys(values))
+    position = {value: i for i, value in enumerate(unique)}
+    return embed(unique)[torch.tensor([position[value] for value in values], dtype=torch.long)]
+
+
+def _label_indices(frame: pd.DataFrame, labels: list[str], source: Path) -> torch.Tensor:
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = frame[~frame["label"].isin(index)]
+    if not unknown.empty:
+        row = unknown.iloc[0]
+        raise DataError(f"{source}: row with id {row['id']!r} has label {row['label']!r}, "
+                        f"which is not among the labels in meta.json {labels}")
+    return torch.tensor([index[label] for label in frame["label"]], dtype=torch.long)
+
+
+def _closed_flags(frame: pd.DataFrame, source: Path) -> torch.Tensor:
+    bad = frame[~frame["answer_type"].isin(ANSWER_TYPES)]
+    if not bad.empty:
+        row = bad.iloc[0]
+        raise DataError(f"{source}: row with id {row['id']!r} has answer_type {row['answer_type']!r}; "
+                        f"allowed: {list(ANSWER_TYPES)}")
+    return torch.tensor((frame["answer_type"] == "closed").to_numpy(), dtype=torch.uint8)
+
+
+def _read_labels(data: Path) -> list[str]:
+    meta = read_json(data / META_FILE)
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        raise DataError(f"{data / META_FILE}: 'labels' must be a list of at least two class names")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{data / META_FILE}: 'labels' has duplicates: {labels}")
+    return labels
+
+
+def _targets(
+    frames: dict[str, pd.DataFrame], labels: list[str], data: Path
+) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Per split: `y` (and VQA's `closed`); plus the answer vocabulary of the VQA train split (sorted)."""
+    vqa_source = manifest_path(data, "vqa")
+    answers = sorted(set(frames["vqa_train"]["answer"]))
+    if len(answers) < 2:
+        raise DataError(f"{vqa_source}: the train split has {len(answers)} distinct answer(s); "
+                        "a VQA head needs two or more")
+    answer_index = {answer: i for i, answer in enumerate(answers)}
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for name, (kind, _) in CLASSIFICATION_SPLITS.items():
+        tensors[name] = {"y": _label_indices(frames[name], labels, manifest_path(data, kind))}
+    for name in VQA_SPLITS:
+        y = [answer_index.get(answer, -1) for answer in frames[name]["answer"]]  # -1: not in the train vocabulary
+        tensors[name] = {"y": torch.tensor(y, dtype=torch.long), "closed": _closed_flags(frames[name], vqa_source)}
+    return tensors, answers
+
+
+def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_root: Path = Path("data")) -> None:
+    """Embed every downstream split with the frozen CLIP in `clip` and write the cached features to `out`."""
+    labels = _read_labels(data)
+    batch_size = params.features.batch_size
+    frames = {name: read_manifest(data, kind, data_root, split=split)
+              for name, (kind, split) in {**CLASSIFICATION_SPLITS, **VQA_SPLITS}.items()}
+    tensors, answers = _targets(frames, labels, data)  # checks every label before any image is embedded
+
+    model = load_clip(clip, device=resolve_device(params.device))
+    for name in CLASSIFICATION_SPLITS:
+        embed = partial(embed_images, model, data_root, batch_size=batch_size, what=name)
+        tensors[name]["x"] = _embed_deduplicated(list(frames[name]["image"]), embed)
+    for name in VQA_SPLITS:
+        embed = partial(embed_images, model, data_root, batch_size=batch_size, what=name)
+        image = _embed_deduplicated(list(frames[name]["image"]), embed)
+        # Several questions per image and a few question templates: both dedupe well.
+        embed_questions = partial(embed_texts, model, batch_size=batch_size)
+        question = _embed_deduplicated(list(frames[name]["question"]), embed_questions)
+        tensors[name]["x"] = fuse_vqa(image, question)
+
+    out_of_vocab = int((tensors["vqa_test"]["y"] < 0).sum())
+    if out_of_vocab:
+        log.info("%d of %d VQA test answers are not in the train answer vocabulary; they count as wrong",
+                 out_of_vocab, len(frames["vqa_test"]))
+    meta: dict[str, Any] = {
+        "labels": labels,
+        "answers": answers,
+        "dims": {"cls_id": tensors["cls_id_train"]["x"].shape[1], "cls_ood": tensors["cls_ood_test"]["x"].shape[1],
+                 "vqa": tensors["vqa_train"]["x"].shape[1]},
+        "counts": {name: int(t["y"].shape[0]) for name, t in tensors.items()},
+        "vqa_test_out_of_vocab": out_of_vocab,
+    }
+    with atomic_dir(out) as tmp:
+        for name, split_tensors in tensors.items():
+            save_tensors(tmp / f"{name}.safetensors", split_tensors)
+        write_json(tmp / FEATURES_META, meta)
+    log.info("wrote features for %s to %s", ", ".join(tensors), out)

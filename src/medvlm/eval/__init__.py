@@ -1,0 +1,1 @@
+"""Evaluation: retrieval recall, downstream metrics, robustness."""

@@ -1,0 +1,158 @@
+"""The params.yaml schema: one validated object per stage section.
+
+Every stage loads the whole file through `load_params` before it writes anything, so an unknown key,
+a wrong type or an out-of-range value stops the run with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+HEAD_METHODS = ("lp",)
+"""Head methods the finetune stage can train (MLP-tuning, NMTune and RAN come with the heads issue)."""
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["synthetic"] = "synthetic"
+    image_size: int = Field(64, ge=16, le=512)
+    pretrain_train: int = Field(3000, ge=8, description="pre-training image-caption pairs")
+    pretrain_val: int = Field(500, ge=8, description="held-out pairs for retrieval recall")
+    cls_train: int = Field(1200, ge=8, description="in-domain classification training images")
+    cls_test: int = Field(600, ge=8, description="in-domain classification test images")
+    ood_test: int = Field(600, ge=8, description="out-of-domain (shifted acquisition) test images")
+    vqa_train: int = Field(800, ge=8, description="VQA training images (several questions each)")
+    vqa_test: int = Field(300, ge=8, description="VQA test images")
+
+
+class ModelParams(_Section):
+    name: str = Field("medvlm-tiny-vit", min_length=1, description="open_clip model config name")
+    init: Literal["scratch"] = "scratch"
+
+
+class TrainParams(_Section):
+    """Contrastive CLIP training (used by both the surrogate and the pretrain stage)."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+
+
+class ImageAttackParams(_Section):
+    objective: Literal["targeted", "untargeted"] = "targeted"
+    eps_255: float = Field(2.0, ge=0, le=255, description="L-inf budget in 1/255 pixel units")
+    step_255: float = Field(0.5, gt=0, le=255, description="PGD step in 1/255 pixel units")
+    steps: int = Field(10, ge=1)
+    random_start: bool = True
+
+
+class AttackParams(_Section):
+    batch_size: int = Field(128, ge=1)
+    success_candidates: int = Field(
+        64, ge=2, description="captions each perturbed image is ranked against for the success rate"
+    )
+    image: ImageAttackParams = ImageAttackParams()
+
+
+class FeatureParams(_Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class LinearProbeParams(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class HeadParams(_Section):
+    methods: list[Literal[HEAD_METHODS]] = Field(default_factory=lambda: list(HEAD_METHODS), min_length=1)  # type: ignore[valid-type]
+    lp: LinearProbeParams = LinearProbeParams()
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(1024, ge=1)
+
+
+class Params(_Section):
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    noise_ratio: float = Field(0.05, ge=0, lt=1)
+    noise_type: Literal["image", "caption", "both"] = "image"
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    surrogate: TrainParams = TrainParams(epochs=6)
+    attack: AttackParams = AttackParams()
+    pretrain: TrainParams = TrainParams(epochs=8)
+    features: FeatureParams = FeatureParams()
+    heads: HeadParams = HeadParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("noise_type")
+    @classmethod
+    def _only_built_noise_types(cls, value: str) -> str:
+        # Caption and image+caption noise arrive with the multimodal-noise issue; refuse them loudly
+        # rather than silently running the image attack.
+        if value != "image":
+            raise ValueError(f"{value!r} is not available yet; allowed values: 'image'")
+        return value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at the parent of `loc` (for 'unknown key' messages)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(Params, loc))
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    got = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {got!r})"
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-loaded params mapping; raise ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys to values at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_format_error(err) for err in exc.errors())
+        raise ParamsError(f"{source} is invalid:\n  {lines}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))
+

@@ -1,0 +1,308 @@
+"""The upstream image attack: PGD invariants, nested selection, storage on the 1/255 grid, stage outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medvlm.attacks.noisy_set import attack_stage, draw_candidates, draw_targets, quantize_to_ball, select_perturbed
+from medvlm.attacks.pgd import pgd_linf, targeted_objective, untargeted_objective
+from medvlm.data.manifest import load_images, read_manifest, save_png, to_pixels, write_manifest
+from medvlm.io import DataError, read_json, write_json
+from medvlm.models.clip import create_clip, load_clip, save_clip
+from medvlm.params import parse_params
+
+SIZE = 32
+FINDINGS = ("normal", "effusion", "nodule")
+CAPTIONS = {
+    "normal": "Clear lungs, no acute abnormality",
+    "effusion": "Blunted costophrenic angle from a pleural effusion",
+    "nodule": "A round nodule in the upper zone",
+}
+STAGE_SCRIPT = Path(__file__).resolve().parent.parent / "stages" / "attack.py"
+
+
+def tiny_image(finding: str, rng: np.random.Generator) -> np.ndarray:
+    """A 32-px grey image whose bright blob depends on the finding; corners saturate to test clamping."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    centre = {"normal": (16, 16), "effusion": (26, 8), "nodule": (8, 24)}[finding]
+    blob = 120 * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / 30.0)
+    image = 60 + 2 * xx + blob + rng.normal(0, 8, (SIZE, SIZE))
+    image[:3, :3], image[-3:, -3:] = 0, 255
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def build_raw(data_root: Path, *, n_train: int = 24, n_val: int = 6, with_finding: bool = True) -> Path:
+    """A tiny `raw/` folder: pretrain manifest (train + val), PNGs and meta.json, as download writes it."""
+    rng = np.random.default_rng(7)
+    raw, rows = data_root / "raw", []
+    for i in range(n_train + n_val):
+        finding, image_id = FINDINGS[i % len(FINDINGS)], f"{i:06d}"
+        save_png(tiny_image(finding, rng), raw / "images" / "pretrain" / f"{image_id}.png")
+        rows.append({"id": image_id, "image": f"raw/images/pretrain/{image_id}.png",
+                     "caption": f"{CAPTIONS[finding]}, view {i % 4}.", "split": "train" if i < n_train else "val",
+                     "finding": finding})
+    frame = pd.DataFrame(rows)
+    write_manifest(frame if with_finding else frame.drop(columns="finding"), raw, "pretrain")
+    write_json(raw / "meta.json", {"source": "test", "image_size": SIZE, "labels": list(FINDINGS)})
+    return raw
+
+
+def tiny_params(**overrides):
+    raw = {"seed": 0, "device": "cpu", "noise_ratio": 0.5, "data": {"image_size": SIZE},
+           "attack": {"batch_size": 5, "success_candidates": 4, "image": {"steps": 4}}}
+    for key, value in overrides.items():
+        if key == "image":
+            raw["attack"]["image"].update(value)
+        else:
+            raw[key] = value
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def surrogate(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("surrogate")
+    save_clip(create_clip("medvlm-tiny-vit", image_size=SIZE), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip(surrogate):
+    return load_clip(surrogate)
+
+
+def run_attack(tmp_path: Path, surrogate: Path, params, out_name: str = "noisy", **build) -> tuple[dict, Path, Path]:
+    data_root = tmp_path / "data"
+    raw = data_root / "raw" if (data_root / "raw").exists() else build_raw(data_root, **build)
+    metrics = tmp_path / "metrics" / f"{out_name}.json"
+    stats = attack_stage(params=params, surrogate=surrogate, data=raw, out=data_root / out_name, metrics=metrics,
+                         data_root=data_root)
+    return stats, data_root, metrics
+
+
+def batch_of_images(n: int = 6) -> torch.Tensor:
+    rng = np.random.default_rng(3)
+    return to_pixels(torch.from_numpy(np.stack([tiny_image(FINDINGS[i % 3], rng) for i in range(n)])))
+
+
+# --- PGD ---------------------------------------------------------------------------------------------------
+
+def test_pgd_keeps_every_iterate_in_the_unit_box_and_the_eps_ball(clip):
+    images, eps = batch_of_images(), 4 / 255
+    targets = clip.encode_pixels(images.flip(0)).detach()
+    iterates = []
+
+    def recording(pixels):
+        iterates.append(pixels.detach().clone())
+        return targeted_objective(clip.encode_pixels, targets)(pixels)
+
+    final = pgd_linf(recording, images, eps=eps, step=2 / 255, steps=5, random_start=True,
+                     generator=torch.Generator().manual_seed(0))
+    assert len(iterates) == 5
+    for x in [*iterates, final]:
+        assert x.min() >= 0 and x.max() <= 1
+        assert (x - images).abs().max() <= eps + 1e-6
+    assert (final - images).abs().max() > eps / 2  # it did move, up to the budget
+
+
+def test_pgd_touches_neither_weights_grads_nor_mode(clip):
+    images = batch_of_images(4)
+    weights = {name: p.detach().clone() for name, p in clip.named_parameters()}
+    captions = clip.encode_texts(["A round nodule in the upper zone"] * 4).detach()
+    for training in (False, True):
+        clip.train(training)
+        pgd_linf(untargeted_objective(clip.encode_pixels, captions), images, eps=2 / 255, step=1 / 255, steps=2,
+                 random_start=True, generator=torch.Generator().manual_seed(1))
+        assert all(module.training == training for module in clip.modules())
+    clip.eval()
+    for name, parameter in clip.named_parameters():
+        assert parameter.grad is None, name
+        assert torch.equal(parameter, weights[name]), name
+
+
+def test_targeted_pgd_raises_the_similarity_to_the_target(clip):
+    images = batch_of_images()
+    targets = clip.encode_pixels(images.roll(1, 0)).detach()
+    objective = targeted_objective(clip.encode_pixels, targets)
+    adversarial = pgd_linf(objective, images, eps=2 / 255, step=0.5 / 255, steps=10, random_start=True,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (objective(adversarial) > objective(images)).all()
+
+
+def test_untargeted_pgd_lowers_caption_similarity_far_more_than_random_noise(clip):
+    images, eps = batch_of_images(), 2 / 255
+    captions = clip.encode_texts([CAPTIONS[FINDINGS[i % 3]] for i in range(len(images))]).detach()
+    adversarial = pgd_linf(untargeted_objective(clip.encode_pixels, captions), images, eps=eps, step=0.5 / 255,
+                           steps=10, random_start=True, generator=torch.Generator().manual_seed(0))
+    signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    random_noise = (images + eps * signs).clamp(0, 1)  # same L∞ budget, every pixel at ±ε
+    with torch.no_grad():
+        def similarity(x):
+            return (clip.encode_pixels(x) * captions).sum(-1).mean().item()
+        clean = similarity(images)
+        adversarial_drop, random_drop = clean - similarity(adversarial), clean - similarity(random_noise)
+    assert adversarial_drop > 0
+    assert adversarial_drop > 3 * abs(random_drop)
+
+
+def test_pgd_rejects_a_score_that_is_not_one_per_image():
+    with pytest.raises(ValueError, match="one score per image"):
+        pgd_linf(lambda x: x.sum(), torch.rand(3, 1, 8, 8), eps=0.1, step=0.05, steps=1, random_start=False)
+
+
+# --- selection, targets, candidates, storage grid ----------------------------------------------------------
+
+def test_selection_is_nested_across_ratios_and_floors_the_count():
+    small, large = select_perturbed(200, 0.05, seed=3), select_perturbed(200, 0.10, seed=3)
+    assert len(small) == 10 and len(large) == 20 and len(select_perturbed(30, 0.29, 3)) == 8
+    assert np.array_equal(small, large[:10])
+    assert len(set(large)) == 20 and large.max() < 200
+    assert not np.array_equal(select_perturbed(200, 0.10, seed=4), large)
+    assert len(select_perturbed(200, 0.0, seed=3)) == 0
+
+
+def test_targets_come_from_a_different_finding_or_at_least_another_image():
+    findings = np.array([FINDINGS[i % 3] for i in range(30)])
+    rows = select_perturbed(30, 0.5, seed=0)
+    targets = draw_targets(rows, 30, findings, seed=0)
+    assert (findings[targets] != findings[rows]).all()
+    assert np.array_equal(draw_targets(rows[:5], 30, findings, seed=0), targets[:5])
+    anywhere = draw_targets(rows, 30, None, seed=0)
+    assert (anywhere != rows).all() and anywhere.max() < 30
+    with pytest.raises(DataError, match="another finding"):
+        draw_targets(rows, 30, np.array(["normal"] * 30), seed=0)
+
+
+def test_candidates_are_distinct_other_captions():
+    own = np.array([0, 3, 9, 9])
+    candidates = draw_candidates(own, n_captions=10, k=5, seed=0)
+    assert candidates.shape == (4, 4)
+    for row, mine in zip(candidates, own):
+        assert mine not in row and len(set(row)) == 4 and row.max() < 10
+    assert draw_candidates(own, n_captions=3, k=64, seed=0).shape == (4, 2)
+
+
+def test_quantisation_stays_on_the_grid_inside_floor_eps_levels():
+    original = torch.tensor([[[0, 10, 128, 255]]], dtype=torch.uint8)
+    adversarial = torch.tensor([[[[0.02, 0.0, 0.6, 1.0]]]])  # wants +5, -10, +25 and 0 levels
+    stored = quantize_to_ball(adversarial, original, eps_255=2.5)
+    assert stored.dtype == torch.uint8
+    assert stored.tolist() == [[[2, 8, 130, 255]]]
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+def test_stage_writes_the_noisy_set_on_the_grid_and_leaves_val_alone(tmp_path, surrogate):
+    params = tiny_params(noise_ratio=0.5, image={"eps_255": 2.5})
+    stats, data_root, metrics = run_attack(tmp_path, surrogate, params)
+    clean = read_manifest(data_root / "raw", "pretrain", data_root)
+    noisy = read_manifest(data_root / "noisy", "pretrain", data_root)
+    assert list(noisy["id"]) == list(clean["id"]) and (noisy["caption"] == clean["caption"]).all()
+    perturbed = noisy[noisy["perturbed"] == 1]
+    assert len(perturbed) == 12 and (perturbed["split"] == "train").all()
+    assert (perturbed["image"] == "noisy/images/" + perturbed["id"] + ".png").all()
+    untouched = noisy["perturbed"] == 0
+    assert (noisy.loc[untouched, "image"] == clean.loc[untouched, "image"]).all()
+    assert (noisy.loc[noisy["split"] == "val", "perturbed"] == 0).all()
+    before = load_images(data_root, clean.loc[perturbed.index, "image"].tolist()).int()
+    after = load_images(data_root, perturbed["image"].tolist()).int()
+    assert (after - before).abs().max() <= 2 and (after != before).any()
+    assert read_json(data_root / "noisy" / "meta.json")["image_size"] == SIZE
+    assert read_json(metrics) == stats
+    assert stats["pairs_perturbed"] == 12 and stats["n_train"] == 24 and stats["objective"] == "targeted"
+    assert 0 < stats["linf_255_mean"] <= 2 and 0 < stats["l2_mean"] <= 2 / 255 * SIZE
+    assert stats["target_similarity_after"] > stats["target_similarity_before"]
+    assert stats["similarity_drop"] == pytest.approx(stats["similarity_before"] - stats["similarity_after"])
+    assert stats["success_rate"] == pytest.approx(1 - stats["top1_after"])
+    assert sorted(p.name for p in (data_root / "noisy" / "images").iterdir()) == sorted(perturbed["id"] + ".png")
+
+
+def test_untargeted_stage_lowers_the_stored_caption_similarity(tmp_path, surrogate):
+    stats, _, _ = run_attack(tmp_path, surrogate, tiny_params(image={"objective": "untargeted", "steps": 6}))
+    assert stats["similarity_drop"] > 0
+    assert "target_similarity_after" not in stats
+
+
+def test_perturbed_sets_are_nested_across_noise_ratios(tmp_path, surrogate):
+    run_attack(tmp_path, surrogate, tiny_params(noise_ratio=0.25), out_name="noisy_25")
+    _, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(noise_ratio=0.5), out_name="noisy_50")
+    chosen = {name: set(read_manifest(data_root / name, "pretrain", data_root).query("perturbed == 1")["id"])
+              for name in ("noisy_25", "noisy_50")}
+    assert len(chosen["noisy_25"]) == 6 and chosen["noisy_25"] < chosen["noisy_50"]
+
+
+def test_same_seed_gives_identical_images_and_stats(tmp_path, surrogate):
+    runs = [run_attack(tmp_path, surrogate, tiny_params(), out_name=name) for name in ("run_a", "run_b")]
+    reseeded, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(seed=1), out_name="run_c")
+    assert runs[0][0] == runs[1][0] and reseeded != runs[0][0]
+    ids = read_manifest(data_root / "run_a", "pretrain", data_root).query("perturbed == 1")["id"]
+    images = {name: load_images(data_root / name / "images", [f"{i}.png" for i in ids]) for name in ("run_a", "run_b")}
+    assert torch.equal(images["run_a"], images["run_b"])
+
+
+def test_zero_noise_ratio_writes_a_clean_copy(tmp_path, surrogate):
+    stats, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(noise_ratio=0.0))
+    clean = read_manifest(data_root / "raw", "pretrain", data_root)
+    noisy = read_manifest(data_root / "noisy", "pretrain", data_root)
+    pd.testing.assert_frame_equal(noisy.drop(columns="perturbed"), clean)
+    assert (noisy["perturbed"] == 0).all() and not any((data_root / "noisy" / "images").iterdir())
+    assert stats["pairs_perturbed"] == 0 and stats["n_train"] == 24
+    assert stats["similarity_after"] is None and stats["success_rate"] is None
+    assert stats["target_similarity_after"] is None
+
+
+def test_manifest_without_finding_column_still_runs_targeted(tmp_path, surrogate):
+    stats, _, _ = run_attack(tmp_path, surrogate, tiny_params(), with_finding=False)
+    assert stats["pairs_perturbed"] == 12 and stats["target_similarity_after"] > stats["target_similarity_before"]
+
+
+def test_a_failure_mid_way_leaves_no_output(tmp_path, surrogate):
+    data_root = tmp_path / "data"
+    raw = build_raw(data_root)
+    last_chosen = select_perturbed(24, 0.5, seed=0)[-1]  # in the last batch, after others were stored
+    (data_root / read_manifest(raw, "pretrain", data_root)["image"][last_chosen]).write_bytes(b"not a png")
+    with pytest.raises(DataError, match="unreadable"):
+        run_attack(tmp_path, surrogate, tiny_params())
+    assert sorted(p.name for p in data_root.iterdir()) == ["raw"]
+    assert not (tmp_path / "metrics" / "noisy.json").exists()
+
+
+def test_output_outside_the_data_root_is_refused(tmp_path, surrogate):
+    raw = build_raw(tmp_path / "data")
+    with pytest.raises(DataError, match="inside the data root"):
+        attack_stage(params=tiny_params(), surrogate=surrogate, data=raw, out=tmp_path / "elsewhere",
+                     metrics=tmp_path / "m.json", data_root=tmp_path / "data")
+
+
+def _stage_app():
+    import typer
+
+    spec = importlib.util.spec_from_file_location("attack_stage_script", STAGE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = typer.Typer()
+    app.command()(module.main)
+    return app
+
+
+def test_stage_script_runs_and_reports_bad_input_with_exit_2(tmp_path, surrogate):
+    data_root = tmp_path / "data"
+    build_raw(data_root)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("device: cpu\nnoise_ratio: 0.1\ndata: {image_size: 32}\n"
+                           "attack: {batch_size: 8, success_candidates: 4, image: {steps: 2}}\n")
+    common = ["--params", str(params_file), "--surrogate", str(surrogate), "--out", str(data_root / "noisy"),
+              "--metrics", str(tmp_path / "attack.json"), "--data-root", str(data_root)]
+    ok = CliRunner().invoke(_stage_app(), [*common, "--data", str(data_root / "raw")])
+    assert ok.exit_code == 0, ok.output
+    assert read_json(tmp_path / "attack.json")["pairs_perturbed"] == 2
+    missing = CliRunner().invoke(_stage_app(), [*common, "--data", str(data_root / "absent")])
+    assert missing.exit_code == 2 and "manifest not found" in missing.output

@@ -1,0 +1,110 @@
+"""params.yaml validation: every bad value stops a stage, names the key, and writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medvlm.params import ParamsError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+# (override, the key the message must name, a fragment of the allowed values / rule)
+BAD_PARAMS = [
+    ({"noise_ratio": 1.0}, "noise_ratio", "less than 1"),
+    ({"noise_ratio": -0.1}, "noise_ratio", "greater than or equal to 0"),
+    ({"noise_ratio": "lots"}, "noise_ratio", "valid number"),
+    ({"noise_type": "audio"}, "noise_type", "'image'"),
+    ({"noise_type": "caption"}, "noise_type", "not available yet"),
+    ({"device": "tpu"}, "device", "'auto', 'cpu' or 'cuda'"),
+    ({"pretrain": {"epochs": 0}}, "pretrain.epochs", "greater than or equal to 1"),
+    ({"surrogate": {"epochs": 1.5}}, "surrogate.epochs", "valid integer"),
+    ({"attack": {"image": {"eps_255": -1}}}, "attack.image.eps_255", "greater than or equal to 0"),
+    ({"attack": {"image": {"objective": "chaos"}}}, "attack.image.objective", "'targeted' or 'untargeted'"),
+    ({"heads": {"methods": ["lp", "svm"]}}, "heads.methods.1", "'lp'"),
+    ({"heads": {"methods": []}}, "heads.methods", "at least 1"),
+    ({"unknown_top": 1}, "unknown_top", "allowed keys here: seed, device"),
+    ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: source, image_size"),
+    ({"heads": {"lp": {"momentum": 0.9}}}, "heads.lp.momentum", "allowed keys here: epochs, batch_size"),
+]
+
+
+def merged(override: dict) -> dict:
+    def merge(base: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    return merge(copy.deepcopy(DEFAULTS), override)
+
+
+def test_shipped_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert 0 <= params.noise_ratio < 1
+    assert params.heads.methods == ["lp"]
+
+
+@pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS, ids=[case[1] for case in BAD_PARAMS])
+def test_bad_params_name_the_key_and_rule(override, key, rule):
+    with pytest.raises(ParamsError) as excinfo:
+        parse_params(merged(override))
+    message = str(excinfo.value)
+    assert f"{key}:" in message
+    assert rule in message
+
+
+def test_missing_and_unparseable_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(scalar)
+
+
+def _stage_main(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+STAGE_OUTPUT_OPTIONS = {
+    "download": ["--out", "{tmp}/data/raw"],
+    "surrogate": ["--out", "{tmp}/models/surrogate", "--live", "{tmp}/live", "--metrics", "{tmp}/m.json"],
+    "attack": ["--out", "{tmp}/data/noisy", "--metrics", "{tmp}/m.json"],
+    "pretrain": ["--out", "{tmp}/models/clip", "--live", "{tmp}/live", "--metrics", "{tmp}/m.json"],
+    "features": ["--out", "{tmp}/data/features"],
+    "finetune": ["--method", "lp", "--out", "{tmp}/models/heads/lp", "--live", "{tmp}/live"],
+    "evaluate": ["--out", "{tmp}/m.json"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_OUTPUT_OPTIONS))
+@pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS[::3], ids=[c[1] for c in BAD_PARAMS[::3]])
+def test_every_stage_refuses_bad_params_before_writing(tmp_path, stage, override, key, rule):
+    import typer
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(merged(override)))
+    out_dir = tmp_path / "out"
+    args = [a.format(tmp=out_dir) for a in STAGE_OUTPUT_OPTIONS[stage]]
+    app = typer.Typer()
+    app.command()(_stage_main(stage))
+    result = CliRunner().invoke(app, ["--params", str(params_file), *args])
+    assert result.exit_code == 2, result.output
+    assert f"{key}:" in result.output and rule in result.output
+    assert not out_dir.exists(), "a stage wrote output despite invalid params"

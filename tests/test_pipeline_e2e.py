@@ -1,0 +1,138 @@
+"""End to end: the real `dvc repro`, `dvc exp run` and `dvc metrics diff` on tiny params, in a temporary
+copy of the repository (a git repo of its own, so DVC experiments and branches work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_STAGES = {"download", "surrogate", "attack", "pretrain", "features", "finetune@lp", "evaluate"}
+TINY = {
+    "noise_ratio": 0.25,
+    "device": "cpu",
+    "data": {"image_size": 32, "pretrain_train": 64, "pretrain_val": 16, "cls_train": 48, "cls_test": 24,
+             "ood_test": 24, "vqa_train": 24, "vqa_test": 12},
+    "surrogate": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
+    "pretrain": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
+    "attack": {"batch_size": 16, "success_candidates": 8, "image": {"steps": 2}},
+    "heads": {"lp": {"epochs": 2, "batch_size": 16}},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "e2e test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "e2e@example.invalid"
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cwd: Path, *args: str) -> str:
+    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{output}"
+    return output
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_noise_ratio(repo: Path, ratio: float) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["noise_ratio"] = ratio
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> Path:
+    """A temporary git+DVC copy of this repo with tiny params, after one full `dvc repro` and a commit."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for name in files:
+        source = REPO / name
+        if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "tiny pipeline")
+    output = run(repo, "dvc", "repro")
+    assert stages_run(output) == ALL_STAGES
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "baseline run")
+    return repo
+
+
+def test_repro_writes_every_metric_and_a_second_repro_does_nothing(pipeline_repo):
+    evaluation = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
+    assert set(evaluation["lp"]) == {"cls_id", "cls_ood", "vqa"}
+    for task in ("cls_id", "cls_ood"):
+        assert 0.0 <= evaluation["lp"][task]["accuracy"] <= 1.0
+    attack = json.loads((pipeline_repo / "metrics/attack.json").read_text())
+    assert attack["pairs_perturbed"] == int(0.25 * 64)
+    pretrain = json.loads((pipeline_repo / "metrics/pretrain.json").read_text())
+    assert 0.0 <= pretrain["retrieval"]["i2t_r1"] <= 1.0
+
+    start = time.perf_counter()
+    output = run(pipeline_repo, "dvc", "repro")
+    assert stages_run(output) == set(), output
+    assert time.perf_counter() - start < 60  # generous: this only guards against a silent full re-run
+
+
+def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
+    output = run(pipeline_repo, "dvc", "exp", "run", "-S", "noise_ratio=0.5", "-n", "ratio-half")
+    assert stages_run(output) == {"attack", "pretrain", "features", "finetune@lp", "evaluate"}, output
+
+    shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
+    baseline = shown[0]
+    experiments = [e for e in baseline.get("experiments") or [] for e in e["revs"]]
+    names = {exp.get("name") for exp in experiments}
+    assert "ratio-half" in names
+    noisy = next(exp for exp in experiments if exp.get("name") == "ratio-half")
+    assert noisy["data"]["params"]["params.yaml"]["data"]["noise_ratio"] == 0.5
+    assert noisy["data"]["metrics"]["metrics/attack.json"]["data"]["pairs_perturbed"] == 32
+    assert baseline["data"]["params"]["params.yaml"]["data"]["noise_ratio"] == 0.25
+
+
+def test_metrics_diff_between_branches(pipeline_repo):
+    run(pipeline_repo, "git", "checkout", "-q", "-b", "noisier")
+    set_noise_ratio(pipeline_repo, 0.5)
+    output = run(pipeline_repo, "dvc", "repro")
+    assert "download" not in stages_run(output) and "surrogate" not in stages_run(output)
+    run(pipeline_repo, "git", "add", "-A")
+    run(pipeline_repo, "git", "commit", "-q", "-m", "noise 0.5")
+    diff = run(pipeline_repo, "dvc", "metrics", "diff", "main", "--json")
+    changes = json.loads(diff)
+    attack_change = changes["metrics/attack.json"]["pairs_perturbed"]
+    assert attack_change["old"] == 16 and attack_change["new"] == 32
+    text = run(pipeline_repo, "dvc", "metrics", "diff", "main")
+    assert "pairs_perturbed" in text
+    run(pipeline_repo, "git", "checkout", "-q", "main")
