@@ -37,7 +37,7 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    name: str = Field("medvlm-tiny-vit", min_length=1, description="open_clip model config name")
+    name: str = Field("medvlm-tiny-rn", min_length=1, description="open_clip model config name")
     init: Literal["scratch"] = "scratch"
 
 

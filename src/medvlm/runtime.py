@@ -13,7 +13,9 @@ log = logging.getLogger("medvlm")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Our own progress at INFO; libraries (open_clip logs every model build at INFO) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
 
 
 def seed_everything(seed: int) -> torch.Generator:
