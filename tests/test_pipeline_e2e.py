@@ -112,7 +112,7 @@ def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
     assert stages_run(output) == {"attack", "pretrain", "features", "finetune@lp", "evaluate"}, output
 
     shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
-    baseline = shown[0]
+    baseline = next(entry for entry in shown if entry["rev"] != "workspace")  # the committed baseline
     experiments = [e for e in baseline.get("experiments") or [] for e in e["revs"]]
     names = {exp.get("name") for exp in experiments}
     assert "ratio-half" in names
