@@ -67,8 +67,23 @@ class AttackParams(_Section):
     image: ImageAttackParams = ImageAttackParams()
 
 
+class AugmentParams(_Section):
+    """Random changes behind the two augmented views of every training image (features stage).
+
+    Laterality-preserving only: a finding's side is part of the label and of VQA answers, so there is
+    deliberately no flip here; crop, rotation and intensity changes stay mild enough to keep every finding
+    in the frame and on its side (docs/method.md)."""
+
+    crop_scale_min: float = Field(0.8, gt=0, le=1, description="random resized crop keeps this area fraction or more")
+    crop_ratio_max: float = Field(1.1, ge=1, le=2, description="crop aspect ratio drawn from [1/r, r]")
+    degrees: float = Field(5.0, ge=0, le=30, description="rotation drawn from [-degrees, degrees]")
+    brightness: float = Field(0.2, ge=0, lt=1, description="brightness factor drawn from [1-b, 1+b]")
+    contrast: float = Field(0.2, ge=0, lt=1, description="contrast factor drawn from [1-c, 1+c]")
+
+
 class FeatureParams(_Section):
     batch_size: int = Field(256, ge=1)
+    augment: AugmentParams = AugmentParams()
 
 
 class LinearProbeParams(_Section):

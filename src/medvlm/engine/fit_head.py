@@ -8,13 +8,11 @@ them, checks each for NaN/inf, and logs each one (epoch mean) plus the train acc
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ from medvlm.io import DataError, atomic_dir
 from medvlm.losses import build_loss
 from medvlm.models.heads import Head, build_head, save_head
 from medvlm.params import Params, ParamsError
-from medvlm.runtime import check_finite, log, resolve_device, seed_everything
+from medvlm.runtime import check_finite, log, resolve_device, seed_everything, single_intra_op_thread
 
 FINETUNE_TASKS = {"cls_id": "cls_id_train", "vqa": "vqa_train"}
 """Task -> cached split its head trains on (the OOD test set is scored with the cls_id head)."""
@@ -37,21 +35,6 @@ def task_seed(seed: int, task: str) -> int:
     """A per-task seed derived from params.seed; independent of the method, so every method sees the same
     batch order and the comparison between methods is paired."""
     return zlib.crc32(f"{seed}/{task}".encode())
-
-
-@contextlib.contextmanager
-def _single_intra_op_thread() -> Iterator[None]:
-    """Run the enclosed block with one intra-op CPU thread, then restore the previous count.
-
-    A head's batch ops are far too small to split across threads: a second thread only adds fork/join
-    spinning, and on a shared 2-core machine it made LP training 2-20x slower (1.9 s vs 4-38 s measured).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train_one_epoch(
@@ -117,7 +100,7 @@ def fit_head(
     history: list[dict[str, float]] = []
     head.train()
     start = time.perf_counter()
-    with _single_intra_op_thread():
+    with single_intra_op_thread():
         progress = tqdm(range(epochs), desc=f"fit {task}", unit="epoch")
         for epoch in progress:
             batches = torch.randperm(n, generator=generator).to(features.device).split(batch_size)
