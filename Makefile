@@ -9,7 +9,7 @@ PYTHON ?= python3
 # Stage commands in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test clean-venv
+.PHONY: venv repro test bench clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	pytest
+
+# Head-training times on synthetic cached features (10k x 512, 30 epochs, CPU) against DESIGN §9's budgets.
+bench: $(STAMP)
+	python benchmarks/bench_heads.py
 
 clean-venv:
 	rm -rf $(VENV)

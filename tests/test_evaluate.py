@@ -73,13 +73,15 @@ def _train_heads(features: Path, heads: Path, method: str = "lp") -> None:
         data = load_feature_split(features, split)
         torch.manual_seed(0)
         head = build_head(method, data["x"].shape[1], int(data["y"].max()) + 1)
-        fit_head(head, build_loss(method), data["x"], data["y"], epochs=20, batch_size=8, lr=0.05,
+        loss = build_loss(method, **getattr(Params().heads, method).loss_options())
+        fit_head(head, loss, data, epochs=20, batch_size=8, lr=0.05 if method == "lp" else 0.01,
                  weight_decay=0.0, generator=torch.Generator().manual_seed(0), task=task)
         save_head(head, heads / method, task)
 
 
-def _params(batch_size: int = 5) -> Params:
-    return Params.model_validate({"device": "cpu", "heads": {"methods": ["lp"]}, "evaluate": {"batch_size": batch_size}})
+def _params(batch_size: int = 5, methods: tuple[str, ...] = ("lp",)) -> Params:
+    return Params.model_validate({"device": "cpu", "heads": {"methods": list(methods)},
+                                  "evaluate": {"batch_size": batch_size}})
 
 
 def test_evaluate_stage_writes_method_task_metric_json(tmp_path):
@@ -112,6 +114,26 @@ def test_evaluate_stage_writes_method_task_metric_json(tmp_path):
     assert set(result["chance"]) == set(expected_chance)
     for task, expected in expected_chance.items():
         assert result["chance"][task] == pytest.approx(expected), task
+
+
+def test_evaluate_stage_scores_every_head_method_in_eval_mode(tmp_path):
+    methods = ("lp", "mlp", "nmtune", "ran")
+    features, heads = write_features(tmp_path / "features"), tmp_path / "heads"
+    for method in methods:
+        _train_heads(features, heads, method)
+    # evaluate in batches of 5: with BatchNorm in training mode the scores would depend on the batching
+    result = evaluate_stage(params=_params(batch_size=5, methods=methods), features=features, heads=heads,
+                            out=tmp_path / "evaluate.json")
+    assert set(result) == {*methods, "chance"}
+    cls_test = load_feature_split(features, "cls_id_test")
+    for method in methods:
+        assert set(result[method]) == {"cls_id", "cls_ood", "vqa"}
+        head = load_head(heads / method, "cls_id")
+        assert not head.training
+        with torch.no_grad():
+            whole_batch = head(cls_test["x"]).softmax(dim=1).double().numpy()
+        assert result[method]["cls_id"] == classification_metrics(cls_test["y"].numpy(), whole_batch), method
+        assert result[method]["cls_id"]["accuracy"] == 1.0, method  # separable features
 
 
 def test_probabilities_do_not_depend_on_the_batch_size(tmp_path):

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from medvlm.data.augment import ViewAugmentation
 from medvlm.data.manifest import load_images, save_png, to_pixels, write_manifest
-from medvlm.data.cached_features import load_feature_split
+from medvlm.data.cached_features import TRAINING_SPLITS, VIEW_KEYS, load_feature_split
 from medvlm.engine.features import features_stage
 from medvlm.io import DataError, load_tensors, read_json, write_json
 from medvlm.models.clip import create_clip, load_clip, save_clip
@@ -72,8 +73,8 @@ def stage_run(tmp_path_factory, clip_dir) -> tuple[Path, Path]:
     return data_root, out
 
 
-def _params(batch_size: int = 4) -> Params:
-    return Params.model_validate({"device": "cpu", "features": {"batch_size": batch_size}})
+def _params(batch_size: int = 4, seed: int = 0) -> Params:
+    return Params.model_validate({"seed": seed, "device": "cpu", "features": {"batch_size": batch_size}})
 
 
 def test_outputs_have_the_documented_shapes_and_meta(stage_run):
@@ -90,6 +91,10 @@ def test_outputs_have_the_documented_shapes_and_meta(stage_run):
         tensors = load_feature_split(out, name)
         assert tensors["x"].shape == (meta["counts"][name], meta["dims"][name.rsplit("_", 1)[0]])
         assert tensors["x"].dtype == torch.float32 and tensors["y"].dtype == torch.int64
+        views = {key for key in tensors if key.startswith("x_view")}
+        assert views == (set(VIEW_KEYS) if name in TRAINING_SPLITS else set()), name
+        for key in views:
+            assert tensors[key].shape == tensors["x"].shape and tensors[key].dtype == torch.float32
     assert load_tensors(out / "cls_id_train.safetensors")["y"].tolist() == [0, 1, 2, 0, 1, 2]
     assert load_tensors(out / "cls_ood_test.safetensors")["y"].tolist() == [0, 1, 2]
     vqa_test = load_tensors(out / "vqa_test.safetensors")
@@ -122,6 +127,39 @@ def test_features_are_normalised_embeddings_of_their_own_rows(stage_run, clip_di
     with torch.no_grad():
         expected_question = clip.encode_texts(["Which side is the effusion on?"])[0]
     torch.testing.assert_close(question[1], expected_question, atol=1e-5, rtol=1e-5)
+
+
+def test_views_are_embeddings_of_the_seeded_augmented_images(stage_run, clip_dir):
+    data_root, out = stage_run
+    clip = load_clip(clip_dir)
+    manifest = pd.read_csv(data_root / "raw" / "cls_id.csv")
+    train_paths = manifest[manifest["split"] == "train"]["image"].tolist()
+    cls = load_tensors(out / "cls_id_train.safetensors")
+    pixels = to_pixels(load_images(data_root, train_paths))
+    for view, key in enumerate(VIEW_KEYS, start=1):
+        augmented = ViewAugmentation(_params().features.augment, seed=0, view=view)(pixels, train_paths)
+        with torch.no_grad():
+            torch.testing.assert_close(cls[key], clip.encode_pixels(augmented), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cls["x_view1"], cls["x"]) and not torch.allclose(cls["x_view1"], cls["x_view2"])
+
+    # VQA views: the augmented image beside the very same question feature; rows sharing an image share its view.
+    vqa = load_tensors(out / "vqa_train.safetensors")
+    dim = vqa["x"].shape[1] // 3
+    for key in VIEW_KEYS:
+        image, question = vqa[key][:, :dim], vqa[key][:, dim:2 * dim]
+        torch.testing.assert_close(question, vqa["x"][:, dim:2 * dim], rtol=0, atol=0)
+        torch.testing.assert_close(vqa[key][:, 2 * dim:], image * question)
+        torch.testing.assert_close(image[0], image[1])  # q0a and q0b ask about one image
+        assert not torch.allclose(image, vqa["x"][:, :dim])
+
+
+def test_views_follow_the_seed_param(stage_run, clip_dir, tmp_path):
+    data_root, out = stage_run
+    again = tmp_path / "features"
+    features_stage(params=_params(seed=1), clip=clip_dir, data=data_root / "raw", out=again, data_root=data_root)
+    first, second = load_tensors(out / "cls_id_train.safetensors"), load_tensors(again / "cls_id_train.safetensors")
+    assert torch.equal(first["x"], second["x"])
+    assert not torch.allclose(first["x_view1"], second["x_view1"])
 
 
 def test_features_stage_is_deterministic_and_batch_size_independent(stage_run, clip_dir, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medvlm.params import ParamsError, load_params, parse_params
+from medvlm.params import FeatureParams, HeadParams, ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -32,6 +32,14 @@ BAD_PARAMS = [
     ({"unknown_top": 1}, "unknown_top", "allowed keys here: seed, device"),
     ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: source, image_size"),
     ({"heads": {"lp": {"momentum": 0.9}}}, "heads.lp.momentum", "allowed keys here: epochs, batch_size"),
+    ({"heads": {"ran": {"w_adv": -0.1}}}, "heads.ran.w_adv", "greater than or equal to 0"),
+    ({"heads": {"ran": {"adv_eps": "big"}}}, "heads.ran.adv_eps", "valid number"),
+    ({"heads": {"ran": {"centroid_margin": 5}}}, "heads.ran.centroid_margin", "less than or equal to 4"),
+    ({"heads": {"ran": {"w_svd": 1}}}, "heads.ran.w_svd", "allowed keys here: epochs, batch_size, lr, weight_decay, w_con"),
+    ({"heads": {"nmtune": {"w_cov": -1}}}, "heads.nmtune.w_cov", "greater than or equal to 0"),
+    ({"heads": {"mlp": {"batch_size": 1}}}, "heads.mlp.batch_size", "greater than or equal to 2"),
+    ({"features": {"augment": {"degrees": 90}}}, "features.augment.degrees", "less than or equal to 30"),
+    ({"features": {"augment": {"hflip": True}}}, "features.augment.hflip", "allowed keys here: crop_scale_min"),
 ]
 
 
@@ -50,7 +58,9 @@ def merged(override: dict) -> dict:
 def test_shipped_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert 0 <= params.noise_ratio < 1
-    assert params.heads.methods == ["lp"]
+    assert params.heads.methods == ["lp", "mlp", "nmtune", "ran"]
+    # params.yaml spells out the schema's head and feature defaults, so the file is the one place to read them
+    assert params.heads == HeadParams() and params.features == FeatureParams()
 
 
 @pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS, ids=[case[1] for case in BAD_PARAMS])

@@ -18,7 +18,8 @@ import yaml
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_STAGES = {"download", "surrogate", "attack", "pretrain", "features", "finetune@lp", "evaluate"}
+HEAD_STAGES = {"finetune@lp", "finetune@mlp", "finetune@nmtune", "finetune@ran"}
+ALL_STAGES = {"download", "surrogate", "attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}
 TINY = {
     "noise_ratio": 0.25,
     "device": "cpu",
@@ -27,7 +28,7 @@ TINY = {
     "surrogate": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
     "pretrain": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
     "attack": {"batch_size": 16, "success_candidates": 8, "image": {"steps": 2}},
-    "heads": {"lp": {"epochs": 2, "batch_size": 16}},
+    "heads": {method: {"epochs": 2, "batch_size": 16} for method in ("lp", "mlp", "nmtune", "ran")},
 }
 
 
@@ -93,9 +94,10 @@ def pipeline_repo(tmp_path_factory) -> Path:
 
 def test_repro_writes_every_metric_and_a_second_repro_does_nothing(pipeline_repo):
     evaluation = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
-    assert set(evaluation["lp"]) == {"cls_id", "cls_ood", "vqa"}
-    for task in ("cls_id", "cls_ood"):
-        assert 0.0 <= evaluation["lp"][task]["accuracy"] <= 1.0
+    for method in ("lp", "mlp", "nmtune", "ran"):
+        assert set(evaluation[method]) == {"cls_id", "cls_ood", "vqa"}
+        for task in ("cls_id", "cls_ood", "vqa"):
+            assert 0.0 <= evaluation[method][task]["accuracy"] <= 1.0
     attack = json.loads((pipeline_repo / "metrics/attack.json").read_text())
     assert attack["pairs_perturbed"] == int(0.25 * 64)
     pretrain = json.loads((pipeline_repo / "metrics/pretrain.json").read_text())
@@ -109,7 +111,7 @@ def test_repro_writes_every_metric_and_a_second_repro_does_nothing(pipeline_repo
 
 def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
     output = run(pipeline_repo, "dvc", "exp", "run", "-S", "noise_ratio=0.5", "-n", "ratio-half")
-    assert stages_run(output) == {"attack", "pretrain", "features", "finetune@lp", "evaluate"}, output
+    assert stages_run(output) == {"attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}, output
 
     shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
     baseline = next(entry for entry in shown if entry["rev"] != "workspace")  # the committed baseline
@@ -120,6 +122,11 @@ def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
     assert noisy["data"]["params"]["params.yaml"]["data"]["noise_ratio"] == 0.5
     assert noisy["data"]["metrics"]["metrics/attack.json"]["data"]["pairs_perturbed"] == 32
     assert baseline["data"]["params"]["params.yaml"]["data"]["noise_ratio"] == 0.25
+
+
+def test_exp_run_of_a_ran_weight_reruns_only_ran_and_evaluate(pipeline_repo):
+    output = run(pipeline_repo, "dvc", "exp", "run", "-S", "heads.ran.w_adv=0", "-n", "ran-no-adv")
+    assert stages_run(output) == {"finetune@ran", "evaluate"}, output
 
 
 def test_metrics_diff_between_branches(pipeline_repo):

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-HEAD_METHODS = ("lp",)
-"""Head methods the finetune stage can train (MLP-tuning, NMTune and RAN come with the heads issue)."""
+HEAD_METHODS = ("lp", "mlp", "nmtune", "ran")
+"""Head methods the finetune stage can train: linear probing, MLP-tuning, NMTune and RAN (DESIGN §6)."""
 
 
 class ParamsError(ValueError):
@@ -67,20 +67,71 @@ class AttackParams(_Section):
     image: ImageAttackParams = ImageAttackParams()
 
 
+class AugmentParams(_Section):
+    """Random changes behind the two augmented views of every training image (features stage).
+
+    Laterality-preserving only: a finding's side is part of the label and of VQA answers, so there is
+    deliberately no flip here; crop, rotation and intensity changes stay mild enough to keep every finding
+    in the frame and on its side (docs/method.md)."""
+
+    crop_scale_min: float = Field(0.8, gt=0, le=1, description="random resized crop keeps this area fraction or more")
+    crop_ratio_max: float = Field(1.1, ge=1, le=2, description="crop aspect ratio drawn from [1/r, r]")
+    degrees: float = Field(5.0, ge=0, le=30, description="rotation drawn from [-degrees, degrees]")
+    brightness: float = Field(0.2, ge=0, lt=1, description="brightness factor drawn from [1-b, 1+b]")
+    contrast: float = Field(0.2, ge=0, lt=1, description="contrast factor drawn from [1-c, 1+c]")
+
+
 class FeatureParams(_Section):
     batch_size: int = Field(256, ge=1)
+    augment: AugmentParams = AugmentParams()
 
 
-class LinearProbeParams(_Section):
+class HeadTrainingParams(_Section):
+    """What the one head trainer reads (AdamW, per-step cosine schedule); subclasses add loss options."""
+
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-2, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of the method's loss module: every field the trainer does not read."""
+        return self.model_dump(exclude=set(HeadTrainingParams.model_fields))
+
+
+class LinearProbeParams(HeadTrainingParams):
+    lr: float = Field(1e-2, gt=0)
+
+
+class MlpTuningParams(HeadTrainingParams):
+    # BatchNorm in the residual MLP needs two or more samples per training batch.
+    batch_size: int = Field(64, ge=2)
+
+
+class NMTuneParams(MlpTuningParams):
+    w_mse: float = Field(1.0, ge=0, description="MSE of n(z_view2) to sg(n(u_view1))")
+    w_cov: float = Field(0.04, ge=0, description="off-diagonal covariance of the centred batch of z")
+    w_svd: float = Field(0.001, ge=0, description="reward for the top-5 singular-value share of the batch of z")
+
+
+class RanParams(MlpTuningParams):
+    w_con: float = Field(1.0, ge=0, description="consistency MSE(n(z), sg(n(u)))")
+    w_cov: float = Field(0.04, ge=0, description="off-diagonal covariance of the centred batch of z")
+    w_adv: float = Field(0.1, ge=0, description="learned-centroid margin term")
+    margin: float = Field(0.2, ge=0, le=4, description="m: sample margin in squared distance on the unit sphere")
+    centroid_margin: float = Field(
+        1.0, ge=0, le=4, description="m_c: least squared distance between two class centroids (1.0: >= 60 degrees)")
+    adv_eps: float = Field(
+        0.0, ge=0, description="> 0: margin term on feature-space PGD inputs, |delta|_inf <= adv_eps * std(u)")
+    adv_steps: int = Field(1, ge=1, description="PGD steps of the feature-space attack (1 = FGSM)")
 
 
 class HeadParams(_Section):
     methods: list[Literal[HEAD_METHODS]] = Field(default_factory=lambda: list(HEAD_METHODS), min_length=1)  # type: ignore[valid-type]
     lp: LinearProbeParams = LinearProbeParams()
+    mlp: MlpTuningParams = MlpTuningParams()
+    nmtune: NMTuneParams = NMTuneParams()
+    ran: RanParams = RanParams()
 
 
 class EvaluateParams(_Section):

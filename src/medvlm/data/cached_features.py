@@ -6,6 +6,8 @@ Each split is one safetensors file `<task>_<split>.safetensors` with
 - `y`: int64 N. Classification: index into meta.json "labels". VQA: index into the answer vocabulary of
   the train split; a test answer outside it is -1 and can never be predicted.
 - `closed` (VQA only): uint8 N, 1 for closed (yes/no) questions.
+- `x_view1`, `x_view2` (training splits only): like `x`, but of two augmented views of each image
+  (`medvlm.data.augment`); VQA views fuse the augmented image with the same question feature.
 `meta.json` beside them: {"labels", "answers", "dims", "counts", "vqa_test_out_of_vocab"}.
 """
 
@@ -22,6 +24,9 @@ FEATURES_META = "meta.json"
 CLASSIFICATION_SPLITS = {"cls_id_train": ("cls_id", "train"), "cls_id_test": ("cls_id", "test"),
                          "cls_ood_test": ("cls_ood", "test")}
 VQA_SPLITS = {"vqa_train": ("vqa", "train"), "vqa_test": ("vqa", "test")}
+TRAINING_SPLITS = ("cls_id_train", "vqa_train")
+"""The splits heads train on; only these carry the augmented views."""
+VIEW_KEYS = ("x_view1", "x_view2")
 
 
 def fuse_vqa(image: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
@@ -51,4 +56,8 @@ def load_feature_split(features: Path, name: str) -> dict[str, torch.Tensor]:
                         f"and {y.dtype} {tuple(y.shape)}")
     if any(t.shape[0] != x.shape[0] for t in tensors.values()):
         raise DataError(f"{path}: tensors have different lengths {({k: t.shape[0] for k, t in tensors.items()})}")
+    bad_views = {key: (tensors[key].dtype, tuple(tensors[key].shape)) for key in VIEW_KEYS
+                 if key in tensors and (tensors[key].dtype != x.dtype or tensors[key].shape != x.shape)}
+    if bad_views:
+        raise DataError(f"{path}: augmented views must match x ({x.dtype} {tuple(x.shape)}), got {bad_views}")
     return tensors

@@ -1,7 +1,8 @@
 """The `features` stage: frozen-encoder features for every downstream task and split, cached to disk.
 
-Heads train and evaluate on these tensors only, so the CLIP runs once per image and question; the
-file layout is documented in `medvlm.data.cached_features`.
+Heads train and evaluate on these tensors only, so the CLIP runs once per image and question (and, for
+the training splits, once more per augmented view of each image); the file layout is documented in
+`medvlm.data.cached_features`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medvlm.data.augment import ViewAugmentation
 from medvlm.data.manifest import META_FILE, load_images, manifest_path, read_manifest, to_pixels
 from medvlm.data.cached_features import (
     CLASSIFICATION_SPLITS,
     FEATURES_META,
+    TRAINING_SPLITS,
+    VIEW_KEYS,
     VQA_SPLITS,
     fuse_vqa,
 )
@@ -32,15 +36,19 @@ ANSWER_TYPES = ("closed", "open")
 
 
 @torch.inference_mode()
-def embed_images(clip: MedClip, data_root: Path, paths: Sequence[str], batch_size: int, what: str) -> torch.Tensor:
-    """Normalised image embeddings (float32, CPU), decoding one batch of PNGs at a time."""
+def embed_images(clip: MedClip, data_root: Path, paths: Sequence[str], batch_size: int, what: str,
+                 augmentation: ViewAugmentation | None = None) -> torch.Tensor:
+    """Normalised image embeddings (float32, CPU), decoding one batch of PNGs at a time; of an augmented
+    view of each image when `augmentation` is given."""
     chunks = []
     start_time = time.perf_counter()
     with tqdm(total=len(paths), desc=f"embed {what}", unit="img") as bar:
         for start in range(0, len(paths), batch_size):
             batch = paths[start:start + batch_size]
-            pixels = to_pixels(load_images(data_root, batch)).to(clip.device)
-            chunks.append(clip.encode_pixels(pixels, normalize=True).float().cpu())
+            pixels = to_pixels(load_images(data_root, batch))
+            if augmentation is not None:
+                pixels = augmentation(pixels, batch)
+            chunks.append(clip.encode_pixels(pixels.to(clip.device), normalize=True).float().cpu())
             bar.update(len(batch))
     seconds = time.perf_counter() - start_time
     log.info("embedded %d %s images in %.1f s (%.0f images/s)", len(paths), what, seconds,
@@ -120,16 +128,20 @@ def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_ro
     tensors, answers = _targets(frames, labels, data)  # checks every label before any image is embedded
 
     model = load_clip(clip, device=resolve_device(params.device))
-    for name in CLASSIFICATION_SPLITS:
-        embed = partial(embed_images, model, data_root, batch_size=batch_size, what=name)
-        tensors[name]["x"] = _embed_deduplicated(list(frames[name]["image"]), embed)
-    for name in VQA_SPLITS:
-        embed = partial(embed_images, model, data_root, batch_size=batch_size, what=name)
-        image = _embed_deduplicated(list(frames[name]["image"]), embed)
-        # Several questions per image and a few question templates: both dedupe well.
-        embed_questions = partial(embed_texts, model, batch_size=batch_size)
-        question = _embed_deduplicated(list(frames[name]["question"]), embed_questions)
-        tensors[name]["x"] = fuse_vqa(image, question)
+    for name in (*CLASSIFICATION_SPLITS, *VQA_SPLITS):
+        # The training splits also get one feature per augmented view: x, x_view1, x_view2.
+        keys = ("x", *VIEW_KEYS) if name in TRAINING_SPLITS else ("x",)
+        images = list(frames[name]["image"])
+        # VQA: several questions per image and a few question templates, so both dedupe well.
+        question = (_embed_deduplicated(list(frames[name]["question"]), partial(embed_texts, model, batch_size=batch_size))
+                    if name in VQA_SPLITS else None)
+        for view, key in enumerate(keys):  # view 0 is the image itself
+            augmentation = ViewAugmentation(params.features.augment, seed=params.seed, view=view) if view else None
+            embed = partial(embed_images, model, data_root, batch_size=batch_size, what=f"{name} {key}",
+                            augmentation=augmentation)
+            image = _embed_deduplicated(images, embed)
+            # VQA views fuse the augmented image with the same question feature.
+            tensors[name][key] = image if question is None else fuse_vqa(image, question)
 
     out_of_vocab = int((tensors["vqa_test"]["y"] < 0).sum())
     if out_of_vocab:

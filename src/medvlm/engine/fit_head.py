@@ -1,33 +1,32 @@
 """The one trainer for every light-weight head, and the `finetune` stage that runs it once per task.
 
 Heads train on cached features held in memory: no DataLoader and no workers, just a seeded permutation
-split into batches each epoch. The loss module returns a dict of already-weighted terms; the trainer sums
-them, checks each for NaN/inf, and logs each one (epoch mean) plus the train accuracy to DVCLive as
-`<task>/<term>`, so new loss terms appear in the curves without a trainer change.
+split into batches each epoch. Each batch is a dict of the cached tensors the loss names (`loss.inputs`:
+"x", "y", or the augmented views "x_view1", "x_view2"); the loss returns already-weighted terms (see
+`medvlm.losses.base`), and the trainer sums them, checks each for NaN/inf, and logs each one (epoch mean)
+plus the train accuracy to DVCLive as `<task>/<term>`, so new loss terms appear in the curves without a
+trainer change.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 import operator
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from dvclive import Live
-from torch import nn
 from tqdm import tqdm
 
 from medvlm.data.cached_features import load_feature_split, read_features_meta
 from medvlm.io import DataError, atomic_dir
-from medvlm.losses import build_loss
+from medvlm.losses import HeadLoss, build_loss
 from medvlm.models.heads import Head, build_head, save_head
 from medvlm.params import Params, ParamsError
-from medvlm.runtime import check_finite, log, resolve_device, seed_everything
+from medvlm.runtime import check_finite, log, resolve_device, seed_everything, single_intra_op_thread
 
 FINETUNE_TASKS = {"cls_id": "cls_id_train", "vqa": "vqa_train"}
 """Task -> cached split its head trains on (the OOD test set is scored with the cls_id head)."""
@@ -39,62 +38,55 @@ def task_seed(seed: int, task: str) -> int:
     return zlib.crc32(f"{seed}/{task}".encode())
 
 
-@contextlib.contextmanager
-def _single_intra_op_thread() -> Iterator[None]:
-    """Run the enclosed block with one intra-op CPU thread, then restore the previous count.
-
-    A head's batch ops are far too small to split across threads: a second thread only adds fork/join
-    spinning, and on a shared 2-core machine it made LP training 2-20x slower (1.9 s vs 4-38 s measured).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A seeded permutation of range(n) split into batches. A trailing batch of one sample joins the
+    batch before it: BatchNorm cannot normalise a single sample in training mode."""
+    batches = torch.randperm(n, generator=generator).split(batch_size)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches = (*batches[:-2], torch.cat(batches[-2:]))
+    return batches
 
 
 def _train_one_epoch(
     head: Head,
-    loss: nn.Module,
+    loss: HeadLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    features: torch.Tensor,
-    labels: torch.Tensor,
+    data: Mapping[str, torch.Tensor],
     batches: tuple[torch.Tensor, ...],
     *,
     task: str,
     first_step: int,
 ) -> dict[str, float]:
     """One pass over `batches` (index tensors); returns the sample-weighted mean of every loss term and
-    the train accuracy. Per-step values are only collected and reduced once at the end: the batches are
-    tiny, so every extra per-step tensor op would show in the run time."""
+    the train accuracy (over every view the loss classified). Per-step values are only collected and
+    reduced once at the end: the batches are tiny, so every extra per-step tensor op would show in the
+    run time."""
     batch_terms: list[dict[str, torch.Tensor]] = []
     predictions: list[torch.Tensor] = []
     for step, batch in enumerate(batches, start=first_step):
-        output = head.outputs(features[batch])
-        terms = loss(head, output, labels[batch])
-        for name, value in terms.items():
+        result = loss(head, {key: data[key][batch] for key in loss.inputs})
+        for name, value in result.terms.items():
             check_finite(value, f"{task}/{name} loss", step)
         optimizer.zero_grad(set_to_none=True)
-        functools.reduce(operator.add, terms.values()).backward()  # no extra op for a single term
+        functools.reduce(operator.add, result.terms.values()).backward()  # no extra op for a single term
         optimizer.step()
         scheduler.step()
-        batch_terms.append({name: value.detach() for name, value in terms.items()})
-        predictions.append(output.logits.detach().argmax(dim=1))
+        batch_terms.append({name: value.detach() for name, value in result.terms.items()})
+        predictions.append(result.logits.detach().argmax(dim=1).view(-1, len(batch)))  # views × batch
     sizes = torch.tensor([len(batch) for batch in batches], dtype=torch.float32)
     n = float(sizes.sum())
     record = {name: float(torch.stack([terms[name] for terms in batch_terms]).float().cpu() @ sizes) / n
               for name in batch_terms[0]}
-    record["train_acc"] = float((torch.cat(predictions) == labels[torch.cat(batches)]).sum()) / n
+    predicted = torch.cat(predictions, dim=1)
+    record["train_acc"] = float((predicted == data["y"][torch.cat(batches)]).sum()) / predicted.numel()
     return record
 
 
 def fit_head(
     head: Head,
-    loss: nn.Module,
-    features: torch.Tensor,
-    labels: torch.Tensor,
+    loss: HeadLoss,
+    data: Mapping[str, torch.Tensor],
     *,
     epochs: int,
     batch_size: int,
@@ -104,24 +96,32 @@ def fit_head(
     task: str,
     live: Live | None = None,
 ) -> list[dict[str, float]]:
-    """Train `head` in place with AdamW and a per-step cosine schedule; return one record per epoch
-    ({term: epoch mean, ..., "train_acc": ...}). `generator` (CPU) drives the shuffling."""
-    n = features.shape[0]
-    if n == 0 or labels.shape != (n,):
-        raise DataError(f"{task}: need N×D features and N labels with N > 0, got {tuple(features.shape)} "
-                        f"and {tuple(labels.shape)}")
-    steps_per_epoch = math.ceil(n / batch_size)
+    """Train `head` in place on the cached tensors `data` (N rows each; "y" the labels, plus whatever
+    `loss.inputs` names) with AdamW and a per-step cosine schedule; return one record per epoch
+    ({term: epoch mean, ..., "train_acc": ...}) and leave the head in eval mode. `generator` (CPU)
+    drives the shuffling."""
+    missing = [key for key in loss.inputs if key not in data]
+    if missing:
+        raise DataError(f"{task}: the {head.method} loss needs cached tensors {missing}, which the features "
+                        f"lack (it has {sorted(data)}); re-run the features stage")
+    labels = data["y"]
+    n = labels.shape[0]
+    bad = {key: tuple(data[key].shape) for key in loss.inputs if data[key].shape[0] != n}
+    if n < 2 or labels.ndim != 1 or bad:
+        raise DataError(f"{task}: need two or more samples and N rows in every tensor, got {n} labels "
+                        f"{tuple(labels.shape)} and mismatched tensors {bad}")
+    steps_per_epoch = len(epoch_batches(n, batch_size, torch.Generator()))  # the same rule, any order
     # fused: one kernel per step instead of a dozen small ones, ~20 % faster on these tiny batches.
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     head.train()
     start = time.perf_counter()
-    with _single_intra_op_thread():
+    with single_intra_op_thread():
         progress = tqdm(range(epochs), desc=f"fit {task}", unit="epoch")
         for epoch in progress:
-            batches = torch.randperm(n, generator=generator).to(features.device).split(batch_size)
-            record = _train_one_epoch(head, loss, optimizer, scheduler, features, labels, batches,
+            batches = tuple(b.to(labels.device) for b in epoch_batches(n, batch_size, generator))
+            record = _train_one_epoch(head, loss, optimizer, scheduler, data, batches,
                                       task=task, first_step=epoch * steps_per_epoch)
             history.append(record)
             if live is not None:
@@ -160,7 +160,8 @@ def finetune_stage(*, params: Params, method: str, features: Path, out: Path, li
             _check_labels(data["y"], n_classes[task], Path(features) / f"{split}.safetensors")
             generator = seed_everything(task_seed(params.seed, task))
             head = build_head(method, data["x"].shape[1], n_classes[task]).to(device)
-            fit_head(head, build_loss(method).to(device), data["x"].to(device), data["y"].to(device),
+            loss = build_loss(method, **settings.loss_options()).to(device)
+            fit_head(head, loss, {key: tensor.to(device) for key, tensor in data.items() if key in loss.inputs},
                      epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                      weight_decay=settings.weight_decay, generator=generator, task=task, live=tracker)
             save_head(head.cpu(), out_tmp, task)

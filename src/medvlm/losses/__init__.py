@@ -1,24 +1,26 @@
-"""Loss modules of the light-weight heads, one per head method.
-
-Contract: `loss(head, output, labels) -> dict[str, Tensor]` where `output` is the head's `HeadOutput`
-for the batch and every value is a scalar term ALREADY multiplied by its weight. The trainer sums the
-terms and logs each one by name, so a new term (consistency, covariance, margin) shows up in the training
-curves without touching the trainer, and an ablation is a weight set to 0.
-"""
+"""Loss modules of the light-weight heads, one per head method (the contract is in `losses.base`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from medvlm.losses.base import HeadLoss, LossResult
+from medvlm.losses.classification import CrossEntropyLoss
+from medvlm.losses.nmtune import NMTuneLoss
+from medvlm.losses.ran import RanLoss
 
-from medvlm.losses.classification import CrossEntropyTerm
-
-LOSSES: dict[str, type[nn.Module]] = {"lp": CrossEntropyTerm}
+LOSSES: dict[str, type[HeadLoss]] = {"lp": CrossEntropyLoss, "mlp": CrossEntropyLoss, "nmtune": NMTuneLoss,
+                                     "ran": RanLoss}
 """Loss module by head method name."""
 
+__all__ = ["LOSSES", "HeadLoss", "LossResult", "build_loss"]
 
-def build_loss(method: str, **weights: Any) -> nn.Module:
+
+def build_loss(method: str, **options: Any) -> HeadLoss:
+    """The loss module of `method`, built from its options (params.heads.<method>.loss_options())."""
     if method not in LOSSES:
         raise ValueError(f"no loss for head method {method!r}; known methods: {sorted(LOSSES)}")
-    return LOSSES[method](**weights)
+    try:
+        return LOSSES[method](**options)
+    except TypeError as exc:
+        raise ValueError(f"the {method!r} loss does not take these options {sorted(options)}: {exc}") from None

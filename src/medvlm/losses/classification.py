@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from medvlm.models.heads import Head, HeadOutput
+from medvlm.losses.base import HeadLoss, LossResult
+from medvlm.models.heads import Head
 
 
-class CrossEntropyTerm(nn.Module):
-    """{"ce": CE(logits, y)} (weight 1); the head argument is part of the shared loss signature."""
+class CrossEntropyLoss(HeadLoss):
+    """{"ce": CE(logits(x), y)} with weight 1."""
 
-    def forward(self, head: Head, output: HeadOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(output.logits, labels)}
+    inputs = ("x", "y")
+
+    def forward(self, head: Head, batch: dict[str, torch.Tensor]) -> LossResult:
+        output = head.outputs(batch["x"])
+        return LossResult(terms={"ce": F.cross_entropy(output.logits, batch["y"])}, logits=output.logits)

@@ -3,8 +3,9 @@
 Every head follows one shape: a feature transform z = transform(u) followed by a linear classifier
 logits = W z + b. Linear probing keeps z = u; the residual-MLP heads (MLP-tuning, NMTune, RAN) replace
 `transform` and may carry extra parameters (RAN's class centroids) that their losses read from the head.
-Losses get a `HeadOutput` holding u, z and the logits, so one forward pass serves every loss term and the
-trainer's accuracy.
+`HeadOutput` holds u, z and the logits, so one forward pass serves every loss term. The residual-MLP
+heads hold BatchNorm: they must be in eval mode at inference (`load_head` and the trainer leave them so),
+where a sample's logits no longer depend on the rest of its batch.
 
 On disk a head is `<name>.safetensors` (weights) plus `<name>.json` ({"method", "in_dim", "n_classes",
 "hyper"}), enough to rebuild it through `build_head` without unpickling anything.
@@ -75,7 +76,49 @@ class LinearProbe(Head):
         return features
 
 
-HEADS: dict[str, type[Head]] = {LinearProbe.method: LinearProbe}
+class ResidualMLPHead(Head):
+    """MLP-tuning: z = u + α⊙MLP(u), MLP = Linear(D,4D) -> BatchNorm -> ReLU -> Linear(4D,D), α ∈ R^D
+    initialised to 1, then logits = W z + b.
+
+    The first Linear has no bias: BatchNorm subtracts the batch mean right after it, so a bias there
+    cancels exactly and would be a parameter whose gradient is identically zero.
+    """
+
+    method = "mlp"
+    hidden_ratio: ClassVar[int] = 4
+
+    def __init__(self, in_dim: int, n_classes: int):
+        super().__init__(in_dim, n_classes)
+        hidden = self.hidden_ratio * in_dim
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                 nn.Linear(hidden, in_dim))
+        self.alpha = nn.Parameter(torch.ones(in_dim))
+
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(features, self.alpha, self.mlp(features))
+
+
+class NMTuneHead(ResidualMLPHead):
+    """NMTune's head is MLP-tuning's; what differs is the loss (two views and three regularisers)."""
+
+    method = "nmtune"
+
+
+class RanHead(ResidualMLPHead):
+    """RAN: the residual-MLP head plus one learned centroid per class, read by RAN's margin term.
+
+    Centroids start as standard-normal vectors, which in D dimensions are nearly orthogonal once
+    normalised, so the classes start apart; they are not used to classify (the logits are W z + b).
+    """
+
+    method = "ran"
+
+    def __init__(self, in_dim: int, n_classes: int):
+        super().__init__(in_dim, n_classes)
+        self.centroids = nn.Parameter(torch.randn(n_classes, in_dim))
+
+
+HEADS: dict[str, type[Head]] = {head.method: head for head in (LinearProbe, ResidualMLPHead, NMTuneHead, RanHead)}
 """Head classes by method name (the names `heads.methods` in params.yaml may use)."""
 
 
