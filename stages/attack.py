@@ -1,4 +1,5 @@
-"""DVC stage `attack`: the noisy pre-training set (PGD image attack on a seeded share of the train pairs)."""
+"""DVC stage `attack`: the noisy pre-training set (image/caption noise, adversarial or random, on a seeded
+share of the train pairs), its stats and a gallery PNG."""
 
 from pathlib import Path
 

@@ -11,85 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medvlm.attacks.noisy_set import attack_stage, draw_candidates, draw_targets, quantize_to_ball, select_perturbed
-from medvlm.attacks.pgd import pgd_linf, targeted_objective, untargeted_objective
-from medvlm.data.manifest import load_images, read_manifest, save_png, to_pixels, write_manifest
-from medvlm.io import DataError, read_json, write_json
-from medvlm.models.clip import create_clip, load_clip, save_clip
-from medvlm.params import parse_params
+from attack_helpers import FINDINGS, SIZE, batch_of_images, build_raw, caption, run_attack, tiny_params
+from attack_helpers import clip, surrogate  # noqa: F401  (module-scoped fixtures, shared with test_multimodal_noise)
+from medvlm.attacks.noisy_set import attack_stage
+from medvlm.attacks.pgd import pgd_linf, quantize_to_ball, targeted_objective, untargeted_objective
+from medvlm.attacks.selection import draw_candidates, draw_targets, select_perturbed
+from medvlm.data.manifest import load_images, read_manifest
+from medvlm.io import DataError, read_json
 
-SIZE = 32
-FINDINGS = ("normal", "effusion", "nodule")
-CAPTIONS = {
-    "normal": "Clear lungs, no acute abnormality",
-    "effusion": "Blunted costophrenic angle from a pleural effusion",
-    "nodule": "A round nodule in the upper zone",
-}
 STAGE_SCRIPT = Path(__file__).resolve().parent.parent / "stages" / "attack.py"
-
-
-def tiny_image(finding: str, rng: np.random.Generator) -> np.ndarray:
-    """A 32-px grey image whose bright blob depends on the finding; corners saturate to test clamping."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    centre = {"normal": (16, 16), "effusion": (26, 8), "nodule": (8, 24)}[finding]
-    blob = 120 * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / 30.0)
-    image = 60 + 2 * xx + blob + rng.normal(0, 8, (SIZE, SIZE))
-    image[:3, :3], image[-3:, -3:] = 0, 255
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def build_raw(data_root: Path, *, n_train: int = 24, n_val: int = 6, with_finding: bool = True) -> Path:
-    """A tiny `raw/` folder: pretrain manifest (train + val), PNGs and meta.json, as download writes it."""
-    rng = np.random.default_rng(7)
-    raw, rows = data_root / "raw", []
-    for i in range(n_train + n_val):
-        finding, image_id = FINDINGS[i % len(FINDINGS)], f"{i:06d}"
-        save_png(tiny_image(finding, rng), raw / "images" / "pretrain" / f"{image_id}.png")
-        rows.append({"id": image_id, "image": f"raw/images/pretrain/{image_id}.png",
-                     "caption": f"{CAPTIONS[finding]}, view {i % 4}.", "split": "train" if i < n_train else "val",
-                     "finding": finding})
-    frame = pd.DataFrame(rows)
-    write_manifest(frame if with_finding else frame.drop(columns="finding"), raw, "pretrain")
-    write_json(raw / "meta.json", {"source": "test", "image_size": SIZE, "labels": list(FINDINGS)})
-    return raw
-
-
-def tiny_params(**overrides):
-    raw = {"seed": 0, "device": "cpu", "noise_ratio": 0.5, "data": {"image_size": SIZE},
-           "attack": {"batch_size": 5, "success_candidates": 4, "image": {"steps": 4}}}
-    for key, value in overrides.items():
-        if key == "image":
-            raw["attack"]["image"].update(value)
-        else:
-            raw[key] = value
-    return parse_params(raw)
-
-
-@pytest.fixture(scope="module")
-def surrogate(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("surrogate")
-    save_clip(create_clip("medvlm-tiny-vit", image_size=SIZE), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def clip(surrogate):
-    return load_clip(surrogate)
-
-
-def run_attack(tmp_path: Path, surrogate: Path, params, out_name: str = "noisy", **build) -> tuple[dict, Path, Path]:
-    data_root = tmp_path / "data"
-    raw = data_root / "raw" if (data_root / "raw").exists() else build_raw(data_root, **build)
-    metrics = tmp_path / "metrics" / f"{out_name}.json"
-    stats = attack_stage(params=params, surrogate=surrogate, data=raw, out=data_root / out_name, metrics=metrics,
-                         data_root=data_root)
-    return stats, data_root, metrics
-
-
-def batch_of_images(n: int = 6) -> torch.Tensor:
-    rng = np.random.default_rng(3)
-    return to_pixels(torch.from_numpy(np.stack([tiny_image(FINDINGS[i % 3], rng) for i in range(n)])))
 
 
 # --- PGD ---------------------------------------------------------------------------------------------------
@@ -115,7 +45,7 @@ def test_pgd_keeps_every_iterate_in_the_unit_box_and_the_eps_ball(clip):
 def test_pgd_touches_neither_weights_grads_nor_mode(clip):
     images = batch_of_images(4)
     weights = {name: p.detach().clone() for name, p in clip.named_parameters()}
-    captions = clip.encode_texts(["A round nodule in the upper zone"] * 4).detach()
+    captions = clip.encode_texts([caption("nodule", i) for i in range(4)]).detach()
     for training in (False, True):
         clip.train(training)
         pgd_linf(untargeted_objective(clip.encode_pixels, captions), images, eps=2 / 255, step=1 / 255, steps=2,
@@ -139,7 +69,7 @@ def test_targeted_pgd_raises_the_similarity_to_the_target(clip):
 
 def test_untargeted_pgd_lowers_caption_similarity_far_more_than_random_noise(clip):
     images, eps = batch_of_images(), 2 / 255
-    captions = clip.encode_texts([CAPTIONS[FINDINGS[i % 3]] for i in range(len(images))]).detach()
+    captions = clip.encode_texts([caption(FINDINGS[i % 3], i) for i in range(len(images))]).detach()
     adversarial = pgd_linf(untargeted_objective(clip.encode_pixels, captions), images, eps=eps, step=0.5 / 255,
                            steps=10, random_start=True, generator=torch.Generator().manual_seed(0))
     signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 HEAD_METHODS = ("lp", "mlp", "nmtune", "ran")
 """Head methods the finetune stage can train: linear probing, MLP-tuning, NMTune and RAN (DESIGN §6)."""
@@ -59,12 +59,25 @@ class ImageAttackParams(_Section):
     random_start: bool = True
 
 
+class CaptionAttackParams(_Section):
+    max_words: int = Field(1, ge=1, description="words a caption may have substituted, at most")
+    vocabulary: Literal["keywords", "tokenizer"] = Field(
+        "keywords", description="substitutes: the corpus's anatomy/condition keywords, or any tokenizer word"
+    )
+    same_group: bool = Field(
+        True, description="keywords vocabulary: substitute within a keyword's group (side for side, size for size)"
+    )
+    candidates: int = Field(16, ge=1, description="first-order best substitutions scored exactly per word changed")
+
+
 class AttackParams(_Section):
     batch_size: int = Field(128, ge=1)
     success_candidates: int = Field(
         64, ge=2, description="captions each perturbed image is ranked against for the success rate"
     )
+    gallery_pairs: int = Field(4, ge=1, le=32, description="perturbed pairs shown in the gallery PNG")
     image: ImageAttackParams = ImageAttackParams()
+    caption: CaptionAttackParams = CaptionAttackParams()
 
 
 class AugmentParams(_Section):
@@ -143,6 +156,7 @@ class Params(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     noise_ratio: float = Field(0.05, ge=0, lt=1)
     noise_type: Literal["image", "caption", "both"] = "image"
+    noise_kind: Literal["adversarial", "random"] = "adversarial"
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     surrogate: TrainParams = TrainParams(epochs=6)
@@ -151,15 +165,6 @@ class Params(_Section):
     features: FeatureParams = FeatureParams()
     heads: HeadParams = HeadParams()
     evaluate: EvaluateParams = EvaluateParams()
-
-    @field_validator("noise_type")
-    @classmethod
-    def _only_built_noise_types(cls, value: str) -> str:
-        # Caption and image+caption noise arrive with the multimodal-noise issue; refuse them loudly
-        # rather than silently running the image attack.
-        if value != "image":
-            raise ValueError(f"{value!r} is not available yet; allowed values: 'image'")
-        return value
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -8,6 +8,7 @@ with `torch.autograd.grad` with respect to the input pixels only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -51,6 +52,17 @@ def pgd_linf(
         (gradient,) = torch.autograd.grad(scores.sum(), adversarial)
         adversarial = torch.clamp(adversarial.detach() + step * gradient.sign(), lower, upper)
     return adversarial.detach()
+
+
+def quantize_to_ball(adversarial: torch.Tensor, original: torch.Tensor, eps_255: float) -> torch.Tensor:
+    """Round float pixels N×1×H×W in [0, 1] to uint8 N×H×W, at most ⌊eps_255⌋ levels from `original` (uint8).
+
+    The last projection before storage: onto the 1/255 grid, inside the ε-ball of the 8-bit original.
+    """
+    levels = math.floor(eps_255)
+    reference = original.to(torch.float32)
+    delta = (adversarial.detach().squeeze(1).cpu() * 255.0).round() - reference
+    return (reference + delta.clamp(-levels, levels)).clamp(0, 255).to(torch.uint8)
 
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
