@@ -143,3 +143,27 @@ def test_metrics_diff_between_branches(pipeline_repo):
     text = run(pipeline_repo, "dvc", "metrics", "diff", "main")
     assert "pairs_perturbed" in text
     run(pipeline_repo, "git", "checkout", "-q", "main")
+
+
+def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
+    downstream = {"attack", "pretrain", "features", "finetune@lp", "evaluate"}
+    for name, setting in (("caption-noise", "noise_type=caption"), ("random-noise", "noise_kind=random")):
+        run(pipeline_repo, "git", "checkout", "-q", "--", ".")  # each experiment starts from the committed params
+        output = run(pipeline_repo, "dvc", "exp", "run", "-S", setting, "-n", name)
+        assert stages_run(output) == downstream, output
+        assert (pipeline_repo / "data/noisy/gallery.png").is_file()
+
+    shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
+    baseline = next(entry for entry in shown if entry["rev"] != "workspace")
+    experiments = {e.get("name"): e for e in baseline.get("experiments") or [] for e in e["revs"]}
+    caption = experiments["caption-noise"]["data"]["metrics"]["metrics/attack.json"]["data"]
+    assert caption["noise_type"] == "caption" and caption["caption_pairs_perturbed"] == 16
+    assert caption["image_pairs_perturbed"] == 0 and 0 < caption["words_changed_mean"] <= 1
+    random = experiments["random-noise"]["data"]["metrics"]["metrics/attack.json"]["data"]
+    assert random["noise_kind"] == "random" and random["image_pairs_perturbed"] == 16
+    assert random["linf_255_mean"] == 2.0
+    # stdout only: dvc prints a warning about the dvclive/finetune plot definition to stderr
+    shown_plots = subprocess.run(["dvc", "plots", "show", "--json"], cwd=pipeline_repo, env=_env(), capture_output=True,
+                                 text=True, check=True)
+    plots = json.loads(shown_plots.stdout)["data"]
+    assert [plot["type"] for plot in plots["data/noisy/gallery.png"]] == ["image"]
