@@ -8,7 +8,7 @@ import torch
 
 from attack_helpers import FINDINGS, batch_of_images, caption
 from attack_helpers import clip, surrogate  # noqa: F401  (module-scoped fixtures)
-from medvlm.attacks.caption import _token_span, hotflip_captions, word_embeddings
+from medvlm.attacks.caption import hotflip_captions, word_embeddings, word_token_span
 from medvlm.attacks.keywords import (
     KEYWORD_GROUPS,
     NEGATION_WORDS,
@@ -105,7 +105,7 @@ def test_word_token_spans_match_the_tokenized_caption(clip):
     for text in CORPUS:
         tokens = clip.tokenize([text])[0].tolist()
         for occurrence in occurrences(text, vocabulary):
-            start, end = _token_span(clip, text, occurrence)
+            start, end = word_token_span(clip, text, occurrence)
             assert tokens[start:end] == clip.tokenizer.encode(occurrence.word), (text, occurrence)
 
 

@@ -114,9 +114,11 @@ def test_same_seed_same_multimodal_output(tmp_path, surrogate, kind):
 def test_gallery_shows_the_first_pairs(tmp_path, surrogate):
     run_attack(tmp_path, surrogate, tiny_params(noise_type="both", attack={"gallery_pairs": 3}), out_name="three")
     _, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(noise_ratio=0.0), out_name="none")
-    with Image.open(data_root / "three" / "gallery.png") as three, Image.open(data_root / "none" / "gallery.png") as none:
-        assert three.format == "PNG" and three.height > 3 * 160 and none.height < three.height / 2
+    with Image.open(data_root / "three" / "gallery.png") as three:
+        assert three.format == "PNG" and three.height > 3 * 160
         grey = np.asarray(three.convert("L"))
+    with Image.open(data_root / "none" / "gallery.png") as empty:
+        assert empty.height < three.height / 2
     assert grey.min() < 50 and grey.max() == 255  # drawn on, not blank
 
 

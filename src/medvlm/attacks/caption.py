@@ -35,7 +35,7 @@ def word_embeddings(clip: MedClip, words: tuple[str, ...]) -> torch.Tensor:
     return (table[padded] * present[..., None]).sum(1) / present.sum(1, keepdim=True)
 
 
-def _token_span(clip: MedClip, caption: str, occurrence: Occurrence) -> tuple[int, int]:
+def word_token_span(clip: MedClip, caption: str, occurrence: Occurrence) -> tuple[int, int]:
     """Token positions [start, end) of a word in the tokenised caption (position 0 is start-of-text).
 
     The CLIP tokenizer splits text into letter runs before BPE, so a prefix ending at a word boundary
@@ -78,7 +78,7 @@ def hotflip_captions(clip: MedClip, captions: list[str], image_embeddings: torch
     for _ in range(max_words):
         found: list[list[tuple[Occurrence, int, int]]] = []
         for caption, done in zip(captions, changed):
-            spans = [(o, *_token_span(clip, caption, o)) for o in occurrences(caption, vocabulary, exclude=done)]
+            spans = [(o, *word_token_span(clip, caption, o)) for o in occurrences(caption, vocabulary, exclude=done)]
             found.append([span for span in spans if span[2] <= limit])
         owner = [n for n, spans in enumerate(found) for _ in spans]
         if not owner:

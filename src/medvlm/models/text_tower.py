@@ -45,6 +45,7 @@ def encode_token_embeddings(clip: MedClip, embeddings: torch.Tensor, tokens: tor
     x = model.transformer(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
     return F.normalize(x, dim=-1) if normalize else x
