@@ -146,7 +146,7 @@ def test_metrics_diff_between_branches(pipeline_repo):
 
 
 def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
-    downstream = {"attack", "pretrain", "features", "finetune@lp", "evaluate"}
+    downstream = {"attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}
     for name, setting in (("caption-noise", "noise_type=caption"), ("random-noise", "noise_kind=random")):
         run(pipeline_repo, "git", "checkout", "-q", "--", ".")  # each experiment starts from the committed params
         output = run(pipeline_repo, "dvc", "exp", "run", "-S", setting, "-n", name)
