@@ -12,7 +12,7 @@ import torch
 from medvlm.attacks.noisy_set import attack_stage
 from medvlm.data.manifest import save_png, to_pixels, write_manifest
 from medvlm.io import write_json
-from medvlm.models.clip import create_clip, load_clip, save_clip
+from medvlm.models.clip import load_clip
 from medvlm.params import parse_params
 
 SIZE = 32
@@ -71,11 +71,9 @@ def tiny_params(**overrides):
 
 
 @pytest.fixture(scope="module")
-def surrogate(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("surrogate")
-    save_clip(create_clip("medvlm-tiny-vit", image_size=SIZE), folder)
-    return folder
+def surrogate(tiny_clip_dir) -> Path:
+    assert SIZE == 32  # the shared tiny CLIP's image size
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from medvlm.data.manifest import load_images, save_png, to_pixels, write_manifes
 from medvlm.data.cached_features import TRAINING_SPLITS, VIEW_KEYS, load_feature_split
 from medvlm.engine.features import features_stage
 from medvlm.io import DataError, load_tensors, read_json, write_json
-from medvlm.models.clip import create_clip, load_clip, save_clip
+from medvlm.models.clip import load_clip
 from medvlm.params import Params
 
 IMAGE_SIZE = 32
@@ -56,11 +56,9 @@ def build_raw_data(data_root: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("clip")
-    save_clip(create_clip("medvlm-tiny-vit", image_size=IMAGE_SIZE), directory)
-    return directory
+def clip_dir(tiny_clip_dir) -> Path:
+    assert IMAGE_SIZE == 32  # the shared tiny CLIP's image size
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
