@@ -155,10 +155,10 @@ class RobustnessParams(_Section):
     steps: int = Field(10, ge=1)
     step_fraction: float = Field(0.25, gt=0, le=1, description="PGD step size as a fraction of ε")
     random_start: bool = True
-    n_images: int = Field(128, ge=1, description="seeded subset of each test set that is attacked")
-    batch_size: int = Field(128, ge=1)
+    n_images: int = Field(100, ge=1, description="seeded subset of each test set that is attacked")
+    batch_size: int = Field(100, ge=1)
     check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check")
-    check_images: int = Field(32, ge=1, description="first images of the subset the check attacks")
+    check_images: int = Field(16, ge=1, description="first images of the subset the check attacks")
     check_eps_255: float = Field(2.0, description="ε of the convergence check; one of eps_255")
 
     @field_validator("eps_255")
