@@ -32,7 +32,7 @@ BAD_PARAMS = [
     ({"heads": {"methods": ["lp", "svm"]}}, "heads.methods.1", "'lp'"),
     ({"heads": {"methods": []}}, "heads.methods", "at least 1"),
     ({"unknown_top": 1}, "unknown_top", "allowed keys here: seed, device"),
-    ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: source, image_size"),
+    ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: image_size, pretrain_train"),
     ({"heads": {"lp": {"momentum": 0.9}}}, "heads.lp.momentum", "allowed keys here: epochs, batch_size"),
     ({"heads": {"ran": {"w_adv": -0.1}}}, "heads.ran.w_adv", "greater than or equal to 0"),
     ({"heads": {"ran": {"adv_eps": "big"}}}, "heads.ran.adv_eps", "valid number"),

@@ -60,7 +60,8 @@ def _drop_missing(frame: pd.DataFrame, kind: str, skip: bool, dropped: Counter) 
         row = missing.iloc[0]
         raise DataError(f"{row['origin']}: image file {row['file']} is missing or empty "
                         f"({missing['file'].nunique()} such files; set data.{kind}.skip_missing: true to leave them out)")
-    dropped["image file missing or empty"] += len(missing)
+    if not missing.empty:
+        dropped["image file missing or empty"] += len(missing)
     return frame[frame["file"].map(present)].reset_index(drop=True)
 
 
