@@ -125,9 +125,10 @@ def csv_source(root: Path, kind: str, rows: int = 8) -> Path:
     for i in range(rows):
         relative = f"images/{kind}_{i}.png"
         image(root / relative, i, size=(14, 14))
-        values = {"caption": f"frontal chest radiograph number {i}", "label": ("normal", "effusion")[i % 2],
-                  "question": "is there an effusion?", "answer": ("yes", "no")[i % 2],
-                  "answer_type": ("closed", "open")[i % 2]}
+        kind_of_case = (i // 2) % 2  # splits alternate with i, classes with i // 2: every split has both
+        values = {"caption": f"frontal chest radiograph number {i}: {('no', 'left')[kind_of_case]} effusion",
+                  "label": ("normal", "effusion")[kind_of_case], "question": "is there an effusion?",
+                  "answer": ("no", "yes")[kind_of_case], "answer_type": ("closed", "open")[i % 3 == 0]}
         lines.append(",".join((f"{kind}-{i}", relative, splits[i % 2], *(values[c] for c in text))))
     path = root / f"{kind}.csv"
     path.write_text("\n".join(lines) + "\n")

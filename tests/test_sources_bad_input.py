@@ -81,7 +81,7 @@ def test_empty_split_after_filtering(tmp_path):
 
 def test_unknown_labels(tmp_path):
     csv = fx.csv_source(tmp_path / "set", "cls_id")
-    fails(tmp_path, both("csv", csv), "cls_id.csv, row 3", "unknown label 'effusion'", labels=["normal", "nodule"])
+    fails(tmp_path, both("csv", csv), "cls_id.csv, row 4", "unknown label 'effusion'", labels=["normal", "nodule"])
     nih = fx.chestxray14(tmp_path / "nih")
     entries = nih / "Data_Entry_2017_v2020.csv"
     entries.write_text(entries.read_text().replace("Effusion|Mass", "Effusion|Unicorn"))

@@ -51,12 +51,12 @@ def _from_checkpoint(params: ModelParams, image_size: int, device: torch.device 
     path = Path(params.init)
     clip = _scratch(params.name, image_size, "cpu")
     state = load_tensors(path)
-    result = clip.clip.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DataError(
-            f"{path}: checkpoint does not fit model.name {params.name!r} at {image_size} px: "
-            f"{len(result.missing_keys)} missing keys {result.missing_keys[:3]}, "
-            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:3]}")
+    try:
+        clip.clip.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # torch lists the missing, unexpected and mis-shaped keys: show the first few
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise DataError(f"{path}: checkpoint does not fit model.name {params.name!r} at {image_size} px: "
+                        f"{details[:600]}") from None
     return clip.to(device)
 
 
