@@ -16,12 +16,15 @@ CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardi
                    "Pleural Effusion,Pleural Other,Fracture,Support Devices")
 
 
-def image(path: Path, seed: int, size: tuple[int, int] = (12, 10), mode: str = "L") -> Path:
-    """A small noise image (PNG or JPEG by suffix)."""
+def image(path: Path, seed: int, size: tuple[int, int] = (12, 10), mode: str = "L", spot: bool = False) -> Path:
+    """A small noise image (PNG or JPEG by suffix); with `spot`, a bright square in the left half."""
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    pixels = rng.integers(0, 128, shape, dtype=np.uint8)
+    if spot:
+        pixels[size[1] // 4: size[1] * 3 // 4, : size[0] // 2] = 255
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
+    Image.fromarray(pixels, mode=mode).save(path)
     return path
 
 
@@ -124,8 +127,8 @@ def csv_source(root: Path, kind: str, rows: int = 8) -> Path:
     lines = [",".join(("id", "image", "split", *text))]
     for i in range(rows):
         relative = f"images/{kind}_{i}.png"
-        image(root / relative, i, size=(14, 14))
         kind_of_case = (i // 2) % 2  # splits alternate with i, classes with i // 2: every split has both
+        image(root / relative, i, size=(14, 14), spot=bool(kind_of_case))  # an "effusion" shows as a spot
         values = {"caption": f"frontal chest radiograph number {i}: {('no', 'left')[kind_of_case]} effusion",
                   "label": ("normal", "effusion")[kind_of_case], "question": "is there an effusion?",
                   "answer": ("no", "yes")[kind_of_case], "answer_type": ("closed", "open")[i % 3 == 0]}
