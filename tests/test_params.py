@@ -42,6 +42,18 @@ BAD_PARAMS = [
     ({"heads": {"mlp": {"batch_size": 1}}}, "heads.mlp.batch_size", "greater than or equal to 2"),
     ({"features": {"augment": {"degrees": 90}}}, "features.augment.degrees", "less than or equal to 30"),
     ({"features": {"augment": {"hflip": True}}}, "features.augment.hflip", "allowed keys here: crop_scale_min"),
+    ({"data": {"cls_id": {"source": "mimic"}}}, "data.cls_id.source", "'synthetic', 'chestxray14', 'chexpert', 'csv' or 'image_folder'"),
+    ({"data": {"vqa": {"source": "roco", "path": "x"}}}, "data.vqa.source", "'synthetic', 'vqa_rad', 'slake' or 'csv'"),
+    ({"data": {"pretrain": {"source": "roco"}}}, "data.pretrain", "needs exactly one of path"),
+    ({"data": {"pretrain": {"source": "roco", "path": "a", "url": "https://x/a.zip", "sha256": "0" * 64}}},
+     "data.pretrain", "needs exactly one of path"),
+    ({"data": {"pretrain": {"source": "roco", "url": "https://x/a.zip"}}}, "data.pretrain", "url needs sha256"),
+    ({"data": {"pretrain": {"source": "synthetic", "path": "x"}}}, "data.pretrain", "takes no path or url"),
+    ({"data": {"multi_finding": "priority"}}, "data", "multi_finding 'priority'"),
+    ({"data": {"labels": ["normal", "normal"]}}, "data", "labels must be distinct"),
+    ({"data": {"resize": "stretch"}}, "data.resize", "'crop', 'pad' or 'squash'"),
+    ({"data": {"uncertain": "ones"}}, "data.uncertain", "'exclude', 'negative' or 'positive'"),
+    ({"data": {"source": "synthetic"}}, "data.source", "allowed keys here"),
 ]
 
 
@@ -72,6 +84,14 @@ def test_bad_params_name_the_key_and_rule(override, key, rule):
     message = str(excinfo.value)
     assert f"{key}:" in message
     assert rule in message
+
+
+def test_real_data_preset_is_valid_and_differs_only_where_documented():
+    preset = load_params(REPO / "presets" / "real-data.yaml")
+    assert {kind: s.source for kind, s in preset.data.sources().items()} == {
+        "pretrain": "roco", "cls_id": "chestxray14", "cls_ood": "chexpert", "vqa": "vqa_rad"}
+    assert preset.surrogate.epochs == 0 and preset.model.init == "openai"
+    assert preset.heads == load_params(REPO / "params.yaml").heads
 
 
 def test_missing_and_unparseable_files(tmp_path):
