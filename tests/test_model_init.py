@@ -60,6 +60,8 @@ def test_unknown_pretrained_tag_lists_the_known_ones():
     with pytest.raises(ParamsError, match="not a pretrained tag of model.name 'ViT-B-32'") as excinfo:
         initial_clip(ModelParams(name="ViT-B-32", init="no-such-tag"), 224)
     assert "openai" in str(excinfo.value)
+    with pytest.raises(ParamsError, match="set model.name: ViT-B-16-quickgelu"):
+        initial_clip(ModelParams(name="ViT-B-16", init="openai"), 224)
 
 
 def test_saved_pixel_statistics_are_restored(tiny_clip_dir, tmp_path):

@@ -36,7 +36,7 @@ class _SourceParams(_Section):
     path: str = Field("", description="local copy: the data set's folder (source csv: the CSV file)")
     url: str = Field("", description="archive (tar, tar.gz, zip) to fetch instead of a local path")
     sha256: str = Field("", description="SHA-256 of the archive at `url` (hex); required with `url`")
-    subdir: str = Field("", description="with `url`: the data set's folder inside the extracted archive")
+    subdir: str = Field("", description="with `url`: the data set's folder (csv: its CSV file) inside the archive")
     max_per_split: int = Field(0, ge=0, description="seeded subsample of at most this many images per split; 0: all")
     skip_missing: bool = Field(False, description="leave out rows whose image file is missing or empty")
 

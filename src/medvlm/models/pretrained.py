@@ -70,6 +70,11 @@ def _pretrained(params: ModelParams, image_size: int, device: torch.device | str
         if pretrained not in tags:
             raise ParamsError(f"model.init: {pretrained!r} is not a pretrained tag of model.name {name!r} "
                               f"(tags: {tags or 'none'}); other values: scratch, hf-hub:<id>, a .safetensors file")
+        # The model is rebuilt from `name` alone by later stages, so the name must carry the tag's activation.
+        if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu") and \
+                not open_clip.get_model_config(name).get("quick_gelu"):
+            raise ParamsError(f"model.init {pretrained!r} was trained with QuickGELU, which model.name {name!r} "
+                              f"lacks: set model.name: {name}-quickgelu")
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device="cpu", require_pretrained=True)
         tokenizer = open_clip.get_tokenizer(name)
