@@ -93,3 +93,14 @@ def test_a_failing_worker_reports_its_file(tmp_path):
     jobs[5].source.write_text("broken")
     with pytest.raises(DataError, match="5.png"):
         prepare_images(jobs, size=8, mode="crop", workers=2, what="test")
+
+
+def test_jpeg_decodes_at_reduced_scale_with_nearly_the_same_result(tmp_path):
+    ramp = np.add.outer(np.arange(256), np.arange(256)) // 2
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    reduced = read_grayscale(tmp_path / "big.jpg", min_side=32)
+    assert reduced.shape == (32, 32)  # 1/8 scale straight from the decoder
+    full = read_grayscale(tmp_path / "big.jpg")
+    assert full.shape == (256, 256)
+    difference = resize_square(reduced, 32, "crop").astype(int) - resize_square(full, 32, "crop").astype(int)
+    assert np.abs(difference).mean() < 2

@@ -42,11 +42,11 @@ class ImageJob:
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Linear min..max scaling of any numeric array to 0..255 (a flat image becomes black)."""
-    array = array.astype(np.float64)
     low, high = float(array.min()), float(array.max())
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
-    return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
+    scaled = (array.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def is_dicom(path: Path) -> bool:
@@ -79,21 +79,27 @@ def _read_dicom(path: Path) -> np.ndarray:
     return image
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path, min_side: int | None) -> np.ndarray:
     with Image.open(path) as image:
+        if min_side and image.format == "JPEG":
+            # The JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding (keeping both sides >= min_side):
+            # a 2000 px radiograph stored at 224 px then decodes several times faster.
+            image.draft("L", (min_side, min_side))
         image.load()  # decode now, so a truncated file fails here with the file's name
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             return _to_uint8(np.asarray(image))
         return np.asarray(image.convert("L"))
 
 
-def read_grayscale(path: str | Path) -> np.ndarray:
-    """An image file as an 8-bit grayscale array; DataError naming the file if it is missing or unreadable."""
+def read_grayscale(path: str | Path, min_side: int | None = None) -> np.ndarray:
+    """An image file as an 8-bit grayscale array; DataError naming the file if it is missing or unreadable.
+
+    `min_side`: the image is only needed down to this size (lets JPEG decode at a reduced scale)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty image file")
-        return _read_dicom(path) if is_dicom(path) else _read_raster(path)
+        return _read_dicom(path) if is_dicom(path) else _read_raster(path, min_side)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -117,7 +123,7 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 
 def _prepare(job: ImageJob, size: int, mode: str) -> None:
-    save_png(resize_square(read_grayscale(job.source), size, mode), job.target)
+    save_png(resize_square(read_grayscale(job.source, min_side=size), size, mode), job.target)
 
 
 def _prepare_chunk(jobs: Sequence[ImageJob], size: int, mode: str) -> int:
