@@ -135,3 +135,30 @@ def test_parallel_decoding_matches_one_worker(tmp_path, sets):
     files = sorted(p.relative_to(one).as_posix() for p in (one / "images").rglob("*.png"))
     assert files and all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
     assert read_json(one / "meta.json")["counts"] == read_json(two / "meta.json")["counts"]
+
+
+def test_vqa_rad_mevf_layout_and_dicom_in_an_image_folder(tmp_path):
+    import json
+
+    import numpy as np
+    from test_images import write_dicom
+
+    root = tmp_path / "data_RAD"
+    records = {"trainset.json": [], "testset.json": []}
+    for name, split_records in records.items():
+        for qid in range(3):  # the re-pack numbers each file from 0, and has int answers
+            split_records.append({"qid": qid, "image_name": f"synpic{qid}.jpg", "image_organ": "CHEST",
+                                  "answer": 2 if qid == 0 else "Yes", "answer_type": "CLOSED" if qid else "OPEN",
+                                  "question_type": "COUNT", "question": f"How many {qid}?", "phrase_type": "freeform"})
+            fx.image(root / "images" / f"synpic{qid}.jpg", qid)
+        (root / name).write_text(json.dumps(split_records))
+    folders = fx.image_folder(tmp_path / "folders")
+    write_dicom(folders / "test" / "normal" / "scan.dcm", np.full((12, 12), 700, dtype=np.uint16))
+    params = params_for({"vqa": {"source": "vqa_rad", "path": str(root)},
+                         "cls_id": {"source": "image_folder", "path": str(folders)},
+                         "cls_ood": {"source": "image_folder", "path": str(folders)}})
+    meta, out = run(tmp_path, params)
+    vqa = read_manifest(out, "vqa", out.parent)
+    assert sorted(vqa["id"]) == ["test-0", "test-1", "test-2", "train-0", "train-1", "train-2"]
+    assert set(vqa["answer"]) == {"2", "yes"}
+    assert meta["counts"]["cls_id"] == {"test": 5, "train": 4}  # the DICOM is one more test image
