@@ -42,13 +42,13 @@ class _SourceParams(_Section):
 
     @model_validator(mode="after")
     def _path_or_url(self):
-        if self.source == "synthetic":  # type: ignore[attr-defined]
+        source = self.source  # type: ignore[attr-defined]  (each subclass declares its allowed sources)
+        if source == "synthetic":
             if self.path or self.url:
                 raise ValueError("source 'synthetic' takes no path or url")
             return self
         if bool(self.path) == bool(self.url):
-            raise ValueError(f"source {self.source!r} needs exactly one of path (a local copy) "  # type: ignore[attr-defined]
-                             "or url (an archive to fetch)")
+            raise ValueError(f"source {source!r} needs exactly one of path (a local copy) or url (an archive to fetch)")
         if self.url and not _SHA256.match(self.sha256.lower()):
             raise ValueError("url needs sha256: the archive's SHA-256 as 64 hex digits")
         if self.subdir and not self.url:

@@ -59,7 +59,8 @@ def _drop_missing(frame: pd.DataFrame, kind: str, skip: bool, dropped: Counter) 
     if not missing.empty and not skip:
         row = missing.iloc[0]
         raise DataError(f"{row['origin']}: image file {row['file']} is missing or empty "
-                        f"({missing['file'].nunique()} such files; set data.{kind}.skip_missing: true to leave them out)")
+                        f"({missing['file'].nunique()} such files; set data.{kind}.skip_missing: true "
+                        "to leave them out)")
     if not missing.empty:
         dropped["image file missing or empty"] += len(missing)
     return frame[frame["file"].map(present)].reset_index(drop=True)
@@ -121,7 +122,8 @@ def write_task(task: RealTask, *, out: Path, prefix: str, image_dir: str, data: 
     files = list(dict.fromkeys(task.frame["file"]))
     relative = {file: f"{image_dir}/{task.kind}/{number:06d}.png" for number, file in enumerate(files)}
     jobs = [ImageJob(source=Path(file), target=out / relative[file]) for file in files]
-    prepare_images(jobs, size=data.image_size, mode=data.resize, workers=data.workers, what=f"{task.kind} ({task.source})")
+    prepare_images(jobs, size=data.image_size, mode=data.resize, workers=data.workers,
+                   what=f"{task.kind} ({task.source})")
     manifest = task.frame.assign(image=[f"{prefix}/{relative[file]}" for file in task.frame["file"]])
     if task.dropped:
         log.info("%s (%s): rows left out: %s", task.kind, task.source, dict(task.dropped))
