@@ -23,8 +23,9 @@ from medvlm.data.manifest import to_pixels
 from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
 from medvlm.io import DataError, atomic_dir, write_json
-from medvlm.models.clip import MedClip, create_clip, save_clip
-from medvlm.params import Params, ParamsError, TrainParams
+from medvlm.models.clip import MedClip, save_clip
+from medvlm.models.pretrained import initial_clip
+from medvlm.params import Params, TrainParams
 from medvlm.runtime import check_finite, log, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -187,10 +188,7 @@ def _run_training_stage(
     if val_pairs.images.shape[-2:] != train_pairs.images.shape[-2:]:
         raise DataError(f"{data}: val images are {tuple(val_pairs.images.shape[-2:])}, "
                         f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
-    try:
-        clip = create_clip(params.model.name, image_size, device)
-    except ValueError as exc:  # unknown model config: a params problem, reported as one
-        raise ParamsError(str(exc)) from None
+    clip = initial_clip(params.model, image_size, device)
 
     with atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
         with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False) as logger:
