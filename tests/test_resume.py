@@ -40,9 +40,12 @@ def _paths(root: Path) -> dict[str, Path]:
             "checkpoints": root / "checkpoints"}
 
 
-def _cli_args(data_root: Path, paths: dict[str, Path], params_file: Path) -> list[str]:
-    return ["--params", str(params_file), "--data", str(data_root / "raw"), "--data-root", str(data_root),
-            *[arg for key, path in paths.items() for arg in (f"--{key}", str(path))]]
+def _run_cli(workspace: Path, paths: dict[str, Path]):
+    """The surrogate stage script, as DVC runs it, on the workspace's data and params."""
+    data_root = workspace / "data"
+    return CliRunner().invoke(_stage_app("surrogate"), [
+        "--params", str(workspace / "params.yaml"), "--data", str(data_root / "raw"), "--data-root", str(data_root),
+        *[arg for key, path in paths.items() for arg in (f"--{key}", str(path))]])
 
 
 def _outputs(paths: dict[str, Path]) -> dict[str, object]:
@@ -101,7 +104,7 @@ def _checkpoint_step(folder: Path) -> int:
 def _interrupted_run(workspace: Path, tmp_path: Path, monkeypatch, signum: int, call: int) -> dict[str, Path]:
     paths = _paths(tmp_path)
     _signal_self_at(monkeypatch, signum, call)
-    result = CliRunner().invoke(_stage_app("surrogate"), _cli_args(workspace / "data", paths, workspace / "params.yaml"))
+    result = _run_cli(workspace, paths)
     monkeypatch.undo()
     assert result.exit_code == 128 + signum, result.output
     assert f"{signal.Signals(signum).name} at step {call}; checkpoint saved" in result.output
@@ -113,8 +116,7 @@ def _interrupted_run(workspace: Path, tmp_path: Path, monkeypatch, signum: int, 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_is_bit_identical(workspace, tmp_path, monkeypatch, caplog):
     paths = _interrupted_run(workspace, tmp_path, monkeypatch, signal.SIGTERM, call=3)
     with caplog.at_level(logging.INFO, logger="medvlm"):
-        result = CliRunner().invoke(_stage_app("surrogate"),
-                                    _cli_args(workspace / "data", paths, workspace / "params.yaml"))
+        result = _run_cli(workspace, paths)
     assert result.exit_code == 0, result.output
     assert "resuming from the checkpoint" in caplog.text and "at step 3 (epoch 1, batch 3)" in caplog.text
     _assert_same_run(_outputs(paths), _outputs(_paths(workspace / "uninterrupted")))
@@ -124,6 +126,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_is_bit_identical(workspa
 def test_sigkill_resumes_from_the_last_periodic_checkpoint_bit_identically(workspace, tmp_path):
     """A real process killed outright after step 7: the checkpoint of step 6 survives, nothing else does."""
     paths = _paths(tmp_path)
+    arguments = {key: str(value) for key, value in paths.items()}
     script = tmp_path / "killed_run.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, torch
@@ -142,7 +145,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint_bit_identically(works
         params = load_params({str(workspace / 'params.yaml')!r})
         clip_training.surrogate_stage(params=params, data=Path({str(workspace / "data" / "raw")!r}),
                                       data_root=Path({str(workspace / "data")!r}),
-                                      **{{key: Path(value) for key, value in {({k: str(v) for k, v in paths.items()})!r}.items()}})
+                                      **{{key: Path(value) for key, value in {arguments!r}.items()}})
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run([sys.executable, str(script)], cwd=workspace, env=env, capture_output=True, text=True,
@@ -202,7 +205,7 @@ def test_a_pickle_planted_as_the_checkpoint_is_refused_unread(workspace, tmp_pat
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"model": _RunsCode(marker)})
     (paths["checkpoints"] / STATE_TENSORS).write_bytes(payload)
-    result = CliRunner().invoke(_stage_app("surrogate"), _cli_args(workspace / "data", paths, workspace / "params.yaml"))
+    result = _run_cli(workspace, paths)
     assert result.exit_code == 2, result.output
     assert f"{STATE_TENSORS}: not a readable safetensors file" in result.output
     assert not marker.exists() and not paths["out"].exists()
