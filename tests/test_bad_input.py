@@ -315,7 +315,8 @@ def main() -> None:
         template = build_workspace(Path(tmp) / "workspace", clip_dir)
         for number, case in enumerate(CASES, start=1):
             exit_code, output, before, after = run_case(case, template, Path(tmp) / f"case{number}")
-            message = " ".join(output.split())
+            message = " ".join(output[output.rfind("error: "):].split())  # without the progress bars before it
+            message = message if len(message) <= 300 else message[:297] + "..."
             untouched = "untouched" if before == after else "CHANGED"
             print(f"{number:2d}. [{case.stage}] {case.name}: exit {exit_code}, files {untouched}\n    {message}")
 
