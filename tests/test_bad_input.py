@@ -249,9 +249,10 @@ CASES = [
          "finetune lp: cls_id/ce loss became nan at step 0", ("--method", "lp")),
     # environment
     Case("output folder cannot be created", "features", block_output_folder("blocked"),
-         "cannot create the output folder blocked", ("--out", "blocked/features")),
+         "cannot create the output folder blocked for blocked/features: blocked is a file, not a folder",
+         ("--out", "blocked/features")),
     Case("metrics folder cannot be created", "evaluate", block_output_folder("reports"),
-         "cannot create the output folder reports", ("--out", "reports/evaluate.json")),
+         "reports for reports/evaluate.json: reports is a file, not a folder", ("--out", "reports/evaluate.json")),
 ]
 
 

@@ -61,8 +61,9 @@ def _prepare_parent(target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder {target.parent} for {target}: {exc.strerror or exc}") \
-            from None
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise OutputError(f"cannot create the output folder {target.parent} for {target}: {reason}") from None
     _remove_stale_temporaries(target)
 
 
