@@ -34,6 +34,7 @@ from test_features import build_raw_data  # noqa: E402
 
 from medvlm.engine.features import features_stage  # noqa: E402
 from medvlm.engine.fit_head import finetune_stage  # noqa: E402
+from medvlm.eval.robustness import robustness_stage  # noqa: E402
 from medvlm.io import load_tensors, save_tensors, write_json  # noqa: E402
 from medvlm.models.clip import WEIGHTS_FILE, create_clip, save_clip  # noqa: E402
 from medvlm.params import parse_params  # noqa: E402
@@ -45,7 +46,9 @@ MARKER = "unpickled.marker"
 PARAMS = {"seed": 0, "device": "cpu", "data": {"image_size": 32},
           "surrogate": {"epochs": 1, "batch_size": 8, "warmup_steps": 1},
           "pretrain": {"epochs": 1, "batch_size": 8, "warmup_steps": 1},
-          "features": {"batch_size": 8}, "heads": {"methods": ["lp"], "lp": {"epochs": 1, "batch_size": 4}}}
+          "features": {"batch_size": 8}, "heads": {"methods": ["lp"], "lp": {"epochs": 1, "batch_size": 4}},
+          "evaluate": {"bootstrap": {"samples": 100},
+                       "robust": {"eps_255": [2], "steps": 2, "n_images": 4, "check_steps": 3, "check_images": 2}}}
 PREVIOUS = {"previous": "run"}
 """Content of the metrics files already in the workspace: a failed stage must not touch them."""
 
@@ -68,6 +71,9 @@ def build_workspace(root: Path, clip_dir: Path) -> Path:
                        live=root / "dvclive" / "finetune" / "lp")
     finally:
         os.chdir(cwd)
+    robustness_stage(params=params, method="lp", data=data / "raw", features=data / "features",
+                     clip=root / "models" / "clip", heads=root / "models" / "heads",
+                     out=root / "metrics" / "robustness" / "lp.json", data_root=data)
     shutil.copytree(data / "raw", data / "noisy")
     for name in ("surrogate", "attack", "pretrain", "evaluate"):
         write_json(root / "metrics" / f"{name}.json", PREVIOUS)
@@ -226,6 +232,8 @@ CASES = [
     Case("cached features truncated", "finetune", truncate("data/features/cls_id_train.safetensors"),
          "cls_id_train.safetensors: not a readable safetensors file", ("--method", "lp")),
     Case("head missing", "evaluate", delete("models/heads/lp/vqa.json"), "vqa.json: file not found"),
+    Case("CLIP weights missing", "robustness", delete(f"models/clip/{WEIGHTS_FILE}"),
+         f"models/clip/{WEIGHTS_FILE}: file not found", ("--method", "lp", "--out", "metrics/robustness/lp.json")),
     # checkpoints and weights
     Case("pickle planted as CLIP weights", "features", plant_pickle(f"models/clip/{WEIGHTS_FILE}", torch_format=False),
          f"{WEIGHTS_FILE}: not a readable safetensors file"),
@@ -251,8 +259,9 @@ CASES = [
     Case("output folder cannot be created", "features", block_output_folder("blocked"),
          "cannot create the output folder blocked for blocked/features: blocked is a file, not a folder",
          ("--out", "blocked/features")),
-    Case("metrics folder cannot be created", "evaluate", block_output_folder("reports"),
-         "reports for reports/evaluate.json: reports is a file, not a folder", ("--out", "reports/evaluate.json")),
+    Case("metrics folder cannot be created", "surrogate", block_output_folder("reports"),
+         "reports for reports/surrogate.json: reports is a file, not a folder",
+         ("--metrics", "reports/surrogate.json")),
 ]
 
 
@@ -291,7 +300,7 @@ def template(tmp_path_factory, tiny_clip_dir) -> Path:
 def test_the_suite_covers_every_stage_and_kind_of_culprit():
     assert len(CASES) >= 20
     assert {case.stage for case in CASES} == {"download", "surrogate", "attack", "pretrain", "features", "finetune",
-                                              "evaluate"}
+                                              "robustness", "evaluate"}
     assert len({case.name for case in CASES}) == len(CASES)
 
 

@@ -230,17 +230,16 @@ def _run_training_stage(
             result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
                                 generator=generator, live=logger, name=name, checkpoints=saver)
         save_clip(clip, model_dir)
-
-    summary = {
-        "retrieval": result.val_retrieval,
-        "chance": chance_recall(len(val_pairs)),
-        "final_train_loss": result.epoch_losses[-1],
-        "n_train": len(train_pairs),
-        "n_train_perturbed": int(train_pairs.perturbed.sum()),
-        "n_val": len(val_pairs),
-        "epochs": train.epochs,
-    }
-    write_json(metrics, summary)
+        summary = {
+            "retrieval": result.val_retrieval,
+            "chance": chance_recall(len(val_pairs)),
+            "final_train_loss": result.epoch_losses[-1],
+            "n_train": len(train_pairs),
+            "n_train_perturbed": int(train_pairs.perturbed.sum()),
+            "n_val": len(val_pairs),
+            "epochs": train.epochs,
+        }
+        write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
     if saver is not None:
         saver.finish()
     return summary
