@@ -177,7 +177,7 @@ def test_a_checkpoint_of_other_inputs_is_discarded_not_resumed(workspace, tmp_pa
 
 def test_the_fingerprint_follows_params_and_inputs_but_not_checkpoint_every(workspace):
     pairs = (load_pairs(workspace / "data" / "raw", workspace / "data", "train"),)
-    base = dict(stage="surrogate", seed=0, model_name="medvlm-tiny-vit", image_size=32, device_type="cpu",
+    base = dict(stage="surrogate", seed=0, model={"name": "medvlm-tiny-vit"}, image_size=32, device_type="cpu",
                 pairs=pairs, code=[Path(clip_training.__file__)])
     train = TrainParams(**TRAIN)
     reference = training_fingerprint(train=train, **base)

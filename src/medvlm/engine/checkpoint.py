@@ -12,7 +12,7 @@ killed run, and git-ignored) holds
 Nothing is pickled: torch's `state_dict` objects are split into tensors and JSON here because `torch.save`
 would pickle them, and loading a pickle can run arbitrary code.
 
-The fingerprint (SHA-256 of the training settings except `checkpoint_every`, the seed, the model config,
+The fingerprint (SHA-256 of the training settings except `checkpoint_every`, the seed, the `model` params,
 the device type, the training code and every image, caption and flag of the training and validation pairs)
 must match for a checkpoint to be resumed: a checkpoint of other params or inputs is discarded with a log
 line and training starts over. A checkpoint that cannot be read (not safetensors, not JSON, incomplete) is
@@ -64,11 +64,11 @@ class TrainingPosition:
     step_losses: list[float] = field(default_factory=list)
 
 
-def training_fingerprint(*, stage: str, seed: int, model_name: str, image_size: int, train: TrainParams,
+def training_fingerprint(*, stage: str, seed: int, model: dict[str, Any], image_size: int, train: TrainParams,
                          device_type: str, pairs: Sequence[ImageCaptionPairs], code: Iterable[Path]) -> str:
     """SHA-256 of everything that shapes a training run's result (not `checkpoint_every`, which does not)."""
     digest = hashlib.sha256()
-    settings = {"format": CHECKPOINT_FORMAT, "stage": stage, "seed": seed, "model": model_name,
+    settings = {"format": CHECKPOINT_FORMAT, "stage": stage, "seed": seed, "model": model,
                 "image_size": image_size, "device": device_type,
                 "train": train.model_dump(mode="json", exclude={"checkpoint_every"})}
     digest.update(json.dumps(settings, sort_keys=True).encode())

@@ -27,8 +27,9 @@ from medvlm.engine.checkpoint import TrainingCheckpoints, TrainingPosition, trai
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
 from medvlm.io import DataError, atomic_dir, write_json
 from medvlm.models import clip as clip_module
-from medvlm.models.clip import MedClip, create_clip, save_clip
-from medvlm.params import Params, ParamsError, TrainParams
+from medvlm.models.clip import MedClip, save_clip
+from medvlm.models.pretrained import initial_clip
+from medvlm.params import Params, TrainParams
 from medvlm.runtime import check_finite, log, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -210,13 +211,10 @@ def _run_training_stage(
     if val_pairs.images.shape[-2:] != train_pairs.images.shape[-2:]:
         raise DataError(f"{data}: val images are {tuple(val_pairs.images.shape[-2:])}, "
                         f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
-    try:
-        clip = create_clip(params.model.name, image_size, device)
-    except ValueError as exc:  # unknown model config: a params problem, reported as one
-        raise ParamsError(str(exc)) from None
+    clip = initial_clip(params.model, image_size, device)
 
     fingerprint = training_fingerprint(
-        stage=name, seed=params.seed, model_name=params.model.name, image_size=image_size, train=train,
+        stage=name, seed=params.seed, model=params.model.model_dump(mode="json"), image_size=image_size, train=train,
         device_type=device.type, pairs=(train_pairs, val_pairs),
         code=(Path(__file__), Path(checkpoint.__file__), Path(clip_module.__file__)))
     saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name) \
