@@ -15,9 +15,11 @@ def main(
     live: Path = typer.Option(Path("dvclive/pretrain"), help="DVCLive folder for the training curves"),
     metrics: Path = typer.Option(Path("metrics/pretrain.json"), help="metrics JSON to write"),
     data_root: Path = typer.Option(Path("data"), help="root that manifest image paths are relative to"),
+    checkpoints: Path = typer.Option(Path("checkpoints/pretrain"),
+                                     help="checkpoint folder kept between runs (resumes an interrupted run)"),
 ) -> None:
     run_stage(pretrain_stage, params_path=params, data=data, out=out, live=live, metrics=metrics,
-              data_root=data_root)
+              data_root=data_root, checkpoints=checkpoints)
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ def test_nan_features_stop_training_and_write_nothing(tmp_path):
     poisoned = {"x": torch.full((24, 8), float("nan")), "y": torch.arange(24) % 3}
     save_tensors(features / "cls_id_train.safetensors", poisoned)
     out, live = tmp_path / "heads" / "lp", tmp_path / "dvclive" / "lp"
-    with pytest.raises(TrainingError, match=r"cls_id/ce loss .* at step 0"):
+    with pytest.raises(TrainingError, match=r"finetune lp: cls_id/ce loss .* at step 0"):
         finetune_stage(params=tiny_params(), method="lp", features=features, out=out, live=live)
     assert not out.exists() and not live.exists()
     assert list((tmp_path / "heads").iterdir()) == [] and list((tmp_path / "dvclive").iterdir()) == []

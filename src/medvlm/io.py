@@ -7,6 +7,7 @@ leaves nothing half-written for DVC (or a person) to mistake for a result.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -25,28 +26,88 @@ class DataError(ValueError):
     """An input file is missing, corrupt, empty or points somewhere it must not."""
 
 
+class OutputError(DataError):
+    """An output path cannot be written (a read-only folder, a file where a folder must be, a full disk)."""
+
+
+_TMP_MARK = ".tmp-"
+
+
+def _temp_prefix(target: Path) -> str:
+    # The writer's process id is part of the name, so leftovers of a killed run can be told apart from the
+    # temporary output of a run that is still going (see _remove_stale_temporaries).
+    return f".{target.name}{_TMP_MARK}{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporaries beside `target` left by writers that no longer run (a SIGKILL skips every cleanup)."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}{_TMP_MARK}*"):
+        pid = leftover.name[len(target.name) + 1 + len(_TMP_MARK):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _prepare_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise OutputError(f"cannot create the output folder {target.parent} for {target}: {reason}") from None
+    _remove_stale_temporaries(target)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` onto `target`. An existing target is first renamed aside (one rename), so the
+    moment at which neither exists is two renames long, never the time a recursive delete takes."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent)) / "previous"
+    os.replace(target, aside)
+    os.replace(tmp, target)
+    shutil.rmtree(aside.parent, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `target`; on success it replaces `target` whole."""
+    """Yield a fresh temporary folder beside `target`; on success it replaces `target` whole.
+
+    On any exception the temporary folder is deleted and `target` is left as it was; a process killed outright
+    leaves its temporary folder behind, and the next writer of the same target deletes it."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _prepare_parent(target)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write into {target.parent} (for {target}): {exc.strerror or exc}") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(tmp, target)
+    _replace(tmp, target)
 
 
 @contextlib.contextmanager
 def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    _prepare_parent(target)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {target.parent} (for {target}): {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -54,6 +115,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if target.is_dir():
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{target} is a folder; expected a file there")
     os.replace(tmp, target)
 
 

@@ -127,6 +127,8 @@ class TrainParams(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(50, ge=0)
+    checkpoint_every: int = Field(
+        50, ge=0, description="optimizer steps between checkpoints in checkpoints/<stage>/ (0: only on SIGINT/SIGTERM)")
 
 
 class SurrogateParams(TrainParams):

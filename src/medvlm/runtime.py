@@ -41,7 +41,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TrainingError(RuntimeError):
-    """Training went wrong in a way the user must hear about (a NaN or infinite loss, say)."""
+    """A computation went wrong in a way the user must hear about (a NaN or infinite loss or feature, say)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; the stage exits with 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 def check_finite(value: torch.Tensor, what: str, step: int) -> None:

@@ -7,6 +7,7 @@ the clean `val` split is measured after every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -21,8 +22,11 @@ from tqdm import tqdm
 
 from medvlm.data.manifest import to_pixels
 from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
+from medvlm.engine import checkpoint
+from medvlm.engine.checkpoint import TrainingCheckpoints, TrainingPosition, training_fingerprint
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
 from medvlm.io import DataError, atomic_dir, write_json
+from medvlm.models import clip as clip_module
 from medvlm.models.clip import MedClip, save_clip
 from medvlm.models.pretrained import initial_clip
 from medvlm.params import Params, TrainParams
@@ -116,8 +120,12 @@ def train_clip(
     generator: torch.Generator,
     live: Live,
     name: str = "clip",
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainingResult:
-    """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`."""
+    """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`.
+
+    With `checkpoints`, training continues from its checkpoint when there is one and saves new ones as it
+    goes (`medvlm.engine.checkpoint`)."""
     if len(train_pairs) < 2:
         raise DataError(f"contrastive training needs at least 2 training pairs, got {len(train_pairs)}")
     device = clip.device
@@ -130,22 +138,31 @@ def train_clip(
     log.info("%s: %d training pairs, %d epochs, %d steps, batch %d, on %s",
              name, n_train, train.epochs, total_steps, train.batch_size, device)
 
-    step = 0
-    step_losses: list[float] = []
-    epoch_losses: list[float] = []
+    position = (checkpoints.resume(model=clip, optimizer=optimizer, scheduler=scheduler, generator=generator)
+                if checkpoints is not None else TrainingPosition())
+    step, step_losses = position.step, position.step_losses
+    live.step = step
+    per_epoch = steps_per_epoch(n_train, train.batch_size)
+    epoch_losses = [sum(step_losses[e * per_epoch:(e + 1) * per_epoch]) / per_epoch for e in range(position.epoch - 1)]
     val_retrieval: dict[str, float] = {}
-    for epoch in range(1, train.epochs + 1):
+    for epoch in range(position.epoch, train.epochs + 1):
         clip.train()
-        batches = epoch_batches(n_train, train.batch_size, generator)
+        if epoch == position.epoch and position.order is not None:  # resumed mid-epoch: its drawn order
+            batches, first = list(position.order.split(train.batch_size)), position.next_batch
+        else:
+            batches, first = epoch_batches(n_train, train.batch_size, generator), 0
+        order = torch.cat(batches)
         epoch_start = time.perf_counter()
         seen = 0
-        progress = tqdm(batches, desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch", dynamic_ncols=True)
-        for index in progress:
+        progress = tqdm(range(first, len(batches)), desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch",
+                        dynamic_ncols=True, initial=first, total=len(batches))
+        for batch_number in progress:
+            index = batches[batch_number]
             pixels = to_pixels(train_pairs.images[index].to(device, non_blocking=True))
             batch_tokens = tokens[index.to(device, non_blocking=True)]
             with _autocast(device):
                 loss = loss_fn(clip.encode_pixels(pixels), clip.encode_tokens(batch_tokens), clip.logit_scale())
-            check_finite(loss, "contrastive loss", step)
+            check_finite(loss, f"{name}: contrastive loss", step)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,6 +179,8 @@ def train_clip(
             live.next_step()
             step += 1
             progress.set_postfix(loss=f"{loss_value:.4f}")
+            if checkpoints is not None:
+                checkpoints.poll(TrainingPosition(step, epoch, batch_number + 1, order, step_losses), Path(live.dir))
         seconds = time.perf_counter() - epoch_start
         epoch_losses.append(sum(step_losses[-len(batches):]) / len(batches))
 
@@ -170,13 +189,17 @@ def train_clip(
             live.log_metric(f"val/{key}", value)
         log.info("%s epoch %d/%d: train loss %.4f, %.1f samples/s, val %s", name, epoch, train.epochs,
                  epoch_losses[-1], seen / seconds, ", ".join(f"{k} {v:.3f}" for k, v in val_retrieval.items()))
+        if checkpoints is not None:
+            checkpoints.poll(TrainingPosition(step, epoch + 1, 0, None, step_losses), Path(live.dir))
     return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval)
 
 
 def _run_training_stage(
-    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path, data_root: Path
+    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path, data_root: Path,
+    checkpoints: Path | None,
 ) -> dict:
-    """Load pairs from `data`, train a fresh CLIP, write the model folder, the DVCLive folder and metrics."""
+    """Load pairs from `data`, train a fresh CLIP (or continue from the checkpoint in `checkpoints`), write
+    the model folder, the DVCLive folder and metrics."""
     device = resolve_device(params.device)
     generator = seed_everything(params.seed)
     train_pairs = load_pairs(data, data_root, "train")
@@ -190,34 +213,45 @@ def _run_training_stage(
                         f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
     clip = initial_clip(params.model, image_size, device)
 
-    with atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
-        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False) as logger:
+    fingerprint = training_fingerprint(
+        stage=name, seed=params.seed, model=params.model.model_dump(mode="json"), image_size=image_size, train=train,
+        device_type=device.type, pairs=(train_pairs, val_pairs),
+        code=(Path(__file__), Path(checkpoint.__file__), Path(clip_module.__file__)))
+    saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name) \
+        if checkpoints is not None else None
+    with contextlib.nullcontext() if saver is None else saver, \
+            atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
+        if saver is not None:
+            saver.restore_live(live_dir)
+        # resume=True: continue the restored curves (an empty folder starts at step 0 either way)
+        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=True) as logger:
             result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
-                                generator=generator, live=logger, name=name)
+                                generator=generator, live=logger, name=name, checkpoints=saver)
         save_clip(clip, model_dir)
-
-    summary = {
-        "retrieval": result.val_retrieval,
-        "chance": chance_recall(len(val_pairs)),
-        "final_train_loss": result.epoch_losses[-1],
-        "n_train": len(train_pairs),
-        "n_train_perturbed": int(train_pairs.perturbed.sum()),
-        "n_val": len(val_pairs),
-        "epochs": train.epochs,
-    }
-    write_json(metrics, summary)
+        summary = {
+            "retrieval": result.val_retrieval,
+            "chance": chance_recall(len(val_pairs)),
+            "final_train_loss": result.epoch_losses[-1],
+            "n_train": len(train_pairs),
+            "n_train_perturbed": int(train_pairs.perturbed.sum()),
+            "n_val": len(val_pairs),
+            "epochs": train.epochs,
+        }
+        write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
+    if saver is not None:
+        saver.finish()
     return summary
 
 
 def surrogate_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
-                    data_root: Path = Path("data")) -> dict:
+                    data_root: Path = Path("data"), checkpoints: Path | None = None) -> dict:
     """DVC stage `surrogate`: the clean CLIP the attacks target, trained with `params.surrogate`."""
     return _run_training_stage(params=params, train=params.surrogate, name="surrogate", data=data, out=out,
-                               live=live, metrics=metrics, data_root=data_root)
+                               live=live, metrics=metrics, data_root=data_root, checkpoints=checkpoints)
 
 
 def pretrain_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
-                   data_root: Path = Path("data")) -> dict:
+                   data_root: Path = Path("data"), checkpoints: Path | None = None) -> dict:
     """DVC stage `pretrain`: CLIP trained on the noisy pairs with `params.pretrain`."""
     return _run_training_stage(params=params, train=params.pretrain, name="pretrain", data=data, out=out,
-                               live=live, metrics=metrics, data_root=data_root)
+                               live=live, metrics=metrics, data_root=data_root, checkpoints=checkpoints)

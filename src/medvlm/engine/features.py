@@ -30,7 +30,7 @@ from medvlm.data.cached_features import (
 from medvlm.io import DataError, atomic_dir, read_json, save_tensors, write_json
 from medvlm.models.clip import MedClip, load_clip
 from medvlm.params import Params
-from medvlm.runtime import log, resolve_device
+from medvlm.runtime import TrainingError, log, resolve_device
 
 ANSWER_TYPES = ("closed", "open")
 
@@ -119,6 +119,16 @@ def _targets(
     return tensors, answers
 
 
+def _check_finite_features(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Stop before writing when an embedding is NaN or infinite (a diverged CLIP), naming split, view and rows."""
+    for name, split in tensors.items():
+        for key in ("x", *VIEW_KEYS):
+            if key in split and not bool(torch.isfinite(split[key]).all()):
+                rows = torch.nonzero(~torch.isfinite(split[key]).all(dim=1)).flatten().tolist()
+                raise TrainingError(f"features: {name} {key} has non-finite values in {len(rows)} row(s), first "
+                                    f"{rows[:5]}; the CLIP in use gives NaN/inf embeddings (re-train it)")
+
+
 def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_root: Path = Path("data")) -> None:
     """Embed every downstream split with the frozen CLIP in `clip` and write the cached features to `out`."""
     labels = _read_labels(data)
@@ -143,6 +153,7 @@ def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_ro
             # VQA views fuse the augmented image with the same question feature.
             tensors[name][key] = image if question is None else fuse_vqa(image, question)
 
+    _check_finite_features(tensors)
     out_of_vocab = int((tensors["vqa_test"]["y"] < 0).sum())
     if out_of_vocab:
         log.info("%d of %d VQA test answers are not in the train answer vocabulary; they count as wrong",

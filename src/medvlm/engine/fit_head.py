@@ -67,7 +67,7 @@ def _train_one_epoch(
     for step, batch in enumerate(batches, start=first_step):
         result = loss(head, {key: data[key][batch] for key in loss.inputs})
         for name, value in result.terms.items():
-            check_finite(value, f"{task}/{name} loss", step)
+            check_finite(value, f"finetune {head.method}: {task}/{name} loss", step)
         optimizer.zero_grad(set_to_none=True)
         functools.reduce(operator.add, result.terms.values()).backward()  # no extra op for a single term
         optimizer.step()

@@ -33,16 +33,19 @@ def keep_initial_model(*, params: Params, data: Path, out: Path, live: Path, met
             for key, value in retrieval.items():
                 logger.log_metric(f"val/{key}", value)
         save_clip(clip, model_dir)
+        summary = {"retrieval": retrieval, "chance": chance_recall(len(val_pairs)), "n_val": len(val_pairs),
+                   "epochs": 0, "init": params.model.init}
+        write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
     log.info("surrogate: the initial model (model.init %s) as it is; val %s", params.model.init,
              ", ".join(f"{k} {v:.3f}" for k, v in retrieval.items()))
-    summary = {"retrieval": retrieval, "chance": chance_recall(len(val_pairs)), "n_val": len(val_pairs),
-               "epochs": 0, "init": params.model.init}
-    write_json(metrics, summary)
     return summary
 
 
 def surrogate_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
-                    data_root: Path = Path("data")) -> dict:
-    """DVC stage `surrogate`: trained on the clean pairs, or (epochs 0) the pretrained initial model."""
-    stage = keep_initial_model if params.surrogate.epochs == 0 else train_surrogate_stage
-    return stage(params=params, data=data, out=out, live=live, metrics=metrics, data_root=data_root)
+                    data_root: Path = Path("data"), checkpoints: Path | None = None) -> dict:
+    """DVC stage `surrogate`: trained on the clean pairs (resumable from `checkpoints`), or (epochs 0) the
+    pretrained initial model."""
+    if params.surrogate.epochs == 0:
+        return keep_initial_model(params=params, data=data, out=out, live=live, metrics=metrics, data_root=data_root)
+    return train_surrogate_stage(params=params, data=data, out=out, live=live, metrics=metrics, data_root=data_root,
+                                 checkpoints=checkpoints)
