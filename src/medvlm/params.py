@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 HEAD_METHODS = ("lp", "mlp", "nmtune", "ran")
 """Head methods the finetune stage can train: linear probing, MLP-tuning, NMTune and RAN (DESIGN §6)."""
@@ -49,6 +49,14 @@ class TrainParams(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(50, ge=0)
+    nproc: int = Field(1, ge=1, le=1024, description="training processes (one per GPU); > 1 launches torchrun")
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> "TrainParams":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): "
+                             "each training process takes an equal slice of the global batch")
+        return self
 
 
 class ImageAttackParams(_Section):

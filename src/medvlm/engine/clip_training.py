@@ -21,11 +21,21 @@ from tqdm import tqdm
 
 from medvlm.data.manifest import to_pixels
 from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
+from medvlm.engine.device_input import device_batches
+from medvlm.engine.distributed import (
+    Workers,
+    join_workers,
+    launched_by_torchrun,
+    leave_workers,
+    main_rank_dirs,
+    main_rank_live,
+    relaunch_under_torchrun,
+)
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
-from medvlm.io import DataError, atomic_dir, write_json
+from medvlm.io import DataError, read_json, write_json
 from medvlm.models.clip import MedClip, create_clip, save_clip
 from medvlm.params import Params, ParamsError, TrainParams
-from medvlm.runtime import check_finite, log, resolve_device, seed_everything
+from medvlm.runtime import check_finite, enable_fast_cuda_math, log, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100)
 """open_clip's trainer clamps the learned temperature at ln(100), as the original CLIP paper does."""
@@ -38,6 +48,8 @@ class TrainingResult:
     """Mean training loss of each epoch."""
     val_retrieval: dict[str, float]
     """Retrieval recall on the validation pairs after the last epoch."""
+    samples_per_second: list[float]
+    """Training throughput of each epoch (pairs of the global batch per second, validation excluded)."""
 
 
 def _skips_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -71,18 +83,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of range(n) cut into batches; a last batch of one pair is dropped (no negatives)."""
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, processes: int = 1) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches; a last batch of one pair is dropped (no negatives).
+
+    With several `processes` the last batch is cut to a multiple of their number (each takes an equal slice).
+    """
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if batches and len(batches[-1]) < 2:
-        batches.pop()
+    if batches:
+        batches[-1] = batches[-1][:len(batches[-1]) - len(batches[-1]) % processes]
+        if len(batches[-1]) < max(2, processes):
+            batches.pop()
     return batches
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
+def steps_per_epoch(n: int, batch_size: int, processes: int = 1) -> int:
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 else 0)
+    return full + (1 if rest - rest % processes >= max(2, processes) else 0)
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -115,15 +132,20 @@ def train_clip(
     generator: torch.Generator,
     live: Live,
     name: str = "clip",
+    workers: Workers = Workers(),
 ) -> TrainingResult:
-    """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`."""
+    """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`.
+
+    With several `workers` (torchrun), each trains on its slice of every global batch (distributed.py).
+    """
     if len(train_pairs) < 2:
         raise DataError(f"contrastive training needs at least 2 training pairs, got {len(train_pairs)}")
     device = clip.device
     n_train = len(train_pairs)
-    total_steps = train.epochs * steps_per_epoch(n_train, train.batch_size)
+    total_steps = train.epochs * steps_per_epoch(n_train, train.batch_size, workers.world_size)
     tokens = clip.tokenize(train_pairs.captions)  # tokenized once, indexed per batch
-    loss_fn = ClipLoss()
+    loss_fn = ClipLoss(**workers.clip_loss_options())
+    model = workers.wrap(clip, device)
     optimizer = build_optimizer(clip, train)
     scheduler = build_scheduler(optimizer, train.warmup_steps, total_steps)
     log.info("%s: %d training pairs, %d epochs, %d steps, batch %d, on %s",
@@ -133,18 +155,20 @@ def train_clip(
     step_losses: list[float] = []
     epoch_losses: list[float] = []
     val_retrieval: dict[str, float] = {}
+    samples_per_second: list[float] = []
     for epoch in range(1, train.epochs + 1):
         clip.train()
-        batches = epoch_batches(n_train, train.batch_size, generator)
+        batches = epoch_batches(n_train, train.batch_size, generator, workers.world_size)
         epoch_start = time.perf_counter()
         seen = 0
-        progress = tqdm(batches, desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch", dynamic_ncols=True)
-        for index in progress:
-            pixels = to_pixels(train_pairs.images[index].to(device, non_blocking=True))
-            batch_tokens = tokens[index.to(device, non_blocking=True)]
+        progress = tqdm(batches, desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch", dynamic_ncols=True,
+                        disable=not workers.is_main)
+        local_batches = device_batches(train_pairs.images, tokens, [workers.shard(b) for b in batches], device)
+        for index, (pixels, batch_tokens) in zip(progress, local_batches):
             with _autocast(device):
-                loss = loss_fn(clip.encode_pixels(pixels), clip.encode_tokens(batch_tokens), clip.logit_scale())
-            check_finite(loss, "contrastive loss", step)
+                loss = loss_fn(*model(pixels, batch_tokens))
+            logged_loss = workers.mean(loss)  # the global batch's loss; a NaN on any rank stops every rank
+            check_finite(logged_loss, "contrastive loss", step)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -152,7 +176,7 @@ def train_clip(
             scheduler.step()
             with torch.no_grad():
                 clip.clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-            loss_value = loss.item()
+            loss_value = logged_loss.item()
             step_losses.append(loss_value)
             seen += len(index)
             live.log_metric("train/loss", loss_value)
@@ -162,6 +186,7 @@ def train_clip(
             step += 1
             progress.set_postfix(loss=f"{loss_value:.4f}")
         seconds = time.perf_counter() - epoch_start
+        samples_per_second.append(seen / seconds)
         epoch_losses.append(sum(step_losses[-len(batches):]) / len(batches))
 
         val_retrieval = retrieval_recall(*embed_pairs(clip, val_pairs, train.batch_size))
@@ -169,14 +194,33 @@ def train_clip(
             live.log_metric(f"val/{key}", value)
         log.info("%s epoch %d/%d: train loss %.4f, %.1f samples/s, val %s", name, epoch, train.epochs,
                  epoch_losses[-1], seen / seconds, ", ".join(f"{k} {v:.3f}" for k, v in val_retrieval.items()))
-    return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval)
+    return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval,
+                          samples_per_second=samples_per_second)
 
 
 def _run_training_stage(
     *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path, data_root: Path
 ) -> dict:
-    """Load pairs from `data`, train a fresh CLIP, write the model folder, the DVCLive folder and metrics."""
-    device = resolve_device(params.device)
+    """Load pairs from `data`, train a fresh CLIP, write the model folder, the DVCLive folder and metrics.
+
+    With `nproc` > 1 outside torchrun, re-runs the stage script as that many torchrun workers instead.
+    """
+    if train.nproc > 1 and not launched_by_torchrun():
+        relaunch_under_torchrun(train.nproc)
+        return read_json(metrics)
+    workers, device = join_workers(resolve_device(params.device), batch_size=train.batch_size, section=name)
+    try:
+        return _train_and_write(params=params, train=train, name=name, data=data, out=out, live=live,
+                                metrics=metrics, data_root=data_root, workers=workers, device=device)
+    finally:
+        leave_workers(workers)
+
+
+def _train_and_write(
+    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path,
+    data_root: Path, workers: Workers, device: torch.device,
+) -> dict:
+    enable_fast_cuda_math(device)
     generator = seed_everything(params.seed)
     train_pairs = load_pairs(data, data_root, "train")
     val_pairs = load_pairs(data, data_root, "val")
@@ -192,11 +236,12 @@ def _run_training_stage(
     except ValueError as exc:  # unknown model config: a params problem, reported as one
         raise ParamsError(str(exc)) from None
 
-    with atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
-        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False) as logger:
+    with main_rank_dirs(workers, out, live) as (model_dir, live_dir):
+        with main_rank_live(live_dir) as logger:
             result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
-                                generator=generator, live=logger, name=name)
-        save_clip(clip, model_dir)
+                                generator=generator, live=logger, name=name, workers=workers)
+        if model_dir is not None:
+            save_clip(clip, model_dir)
 
     summary = {
         "retrieval": result.val_retrieval,
@@ -207,7 +252,8 @@ def _run_training_stage(
         "n_val": len(val_pairs),
         "epochs": train.epochs,
     }
-    write_json(metrics, summary)
+    if workers.is_main:
+        write_json(metrics, summary)
     return summary
 
 
