@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -114,6 +115,9 @@ def join_workers(device: torch.device, *, batch_size: int, section: str) -> tupl
     # gather_with_grad needs); torch deprecates it in favour of an API open_clip does not use yet.
     warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
                             category=FutureWarning)
+    # When one worker fails, torchrun stops the others with SIGTERM: exit through Python's unwinding so that
+    # rank 0's atomic output folders are removed rather than left half-written.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if not workers.is_main:
         log.setLevel(logging.WARNING)
     log.info("%s: %d training processes (%s backend), global batch %d, %d per process", section,
