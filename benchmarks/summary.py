@@ -69,7 +69,7 @@ def repro_rows(result: dict | None) -> list[Row]:
     if result is None or "skipped" in result:
         return _missing("dvc repro", result)
     wall, peak, noop = result["wall_s"], result["peak_tree_mb"], result["noop_s"]
-    label = " (with " + ", ".join(result["overrides"]) + ")" if result["overrides"] else ""
+    label = f" ({len(result['overrides'])} params overridden)" if result["overrides"] else ""
     return [
         (f"dvc repro wall s, default pipeline{label}", f"{wall:.0f}", "aim 300 (budget 600)",
          f"{wall / 300:.2f}", _verdict(wall / 600, False) + (" (aim met)" if wall <= 300 else " (aim missed)")),
