@@ -2,7 +2,8 @@
 
 Both stages run the same loop (open_clip's ClipLoss, AdamW, linear warm-up then cosine decay, logit-scale
 clamp), differing only in their data folder and their `TrainParams` section. Held-out retrieval recall on
-the clean `val` split is measured after every epoch.
+the clean `val` split is measured after every epoch. With `nproc` > 1 the loop runs as torchrun workers
+(distributed.py); batches come from the in-memory uint8 images (device_input.py).
 """
 
 from __future__ import annotations

@@ -107,7 +107,11 @@ def join_workers(device: torch.device, *, batch_size: int, section: str) -> tupl
         raise ParamsError(f"{section}.batch_size ({batch_size}) must be a multiple of the number of training "
                           f"processes ({workers.world_size}): each takes an equal slice of the global batch")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            raise ParamsError(f"{section}.nproc: process {local_rank} of this machine has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible); use at most one process per GPU")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
