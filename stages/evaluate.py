@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: clean test metrics of every method's heads, plus chance baselines."""
+"""DVC stage `evaluate`: clean test metrics of every method's heads with bootstrap intervals, chance
+baselines, the feature spectrum, and the figures (confusion, robust accuracy vs ε, training curves)."""
 
 from pathlib import Path
 
@@ -12,9 +13,13 @@ def main(
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
     features: Path = typer.Option(Path("data/features"), help="folder of cached features"),
     heads: Path = typer.Option(Path("models/heads"), help="folder holding one sub-folder of heads per method"),
+    robustness: Path = typer.Option(Path("metrics/robustness"), help="folder of the robustness stage's metrics"),
+    live: Path = typer.Option(Path("dvclive"), help="DVCLive root of the training runs (for training curves)"),
     out: Path = typer.Option(Path("metrics/evaluate.json"), help="metrics JSON to write"),
+    plots: Path = typer.Option(Path("evaluation"), help="folder of figures and plot data to write"),
 ) -> None:
-    run_stage(evaluate_stage, params_path=params, features=features, heads=heads, out=out)
+    run_stage(evaluate_stage, params_path=params, features=features, heads=heads, robustness=robustness,
+              live=live, out=out, plots=plots)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from medvlm.data.cached_features import load_feature_split
 from medvlm.engine.fit_head import fit_head
 from medvlm.eval.evaluate import evaluate_stage, predict_probabilities
 from medvlm.eval.metrics import classification_chance, classification_metrics, macro_auroc, vqa_chance, vqa_metrics
-from medvlm.io import DataError, read_json, save_tensors
+from medvlm.io import DataError, read_json, save_tensors, write_json
 from medvlm.losses import build_loss
 from medvlm.models.heads import build_head, load_head, save_head
 from medvlm.params import Params
@@ -81,29 +81,60 @@ def _train_heads(features: Path, heads: Path, method: str = "lp") -> None:
 
 def _params(batch_size: int = 5, methods: tuple[str, ...] = ("lp",)) -> Params:
     return Params.model_validate({"device": "cpu", "heads": {"methods": list(methods)},
-                                  "evaluate": {"batch_size": batch_size}})
+                                  "evaluate": {"batch_size": batch_size, "bootstrap": {"samples": 200}}})
+
+
+def write_stage_inputs(root: Path, methods: tuple[str, ...] = ("lp",)) -> dict[str, Path]:
+    """What evaluate reads besides features and heads: robustness metrics (made-up numbers in the robustness
+    stage's layout) and DVCLive curves of every training run."""
+    robustness, live = root / "robustness", root / "dvclive"
+    entry = {"accuracy": 0.5, "ci": [0.4, 0.6]}
+    for method in methods:
+        write_json(robustness / f"{method}.json", {task: {"n": 4, "clean": entry, "eps_1": entry, "eps_2": entry,
+                                                          "eps_4": entry} for task in ("cls_id", "cls_ood", "vqa")})
+    for run in ("surrogate", "pretrain", *(f"finetune/{method}" for method in methods)):
+        curve = live / run / "plots" / "metrics" / "train" / "loss.tsv"
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        curve.write_text("step\tloss\n0\t2.0\n1\t1.5\n")
+    return {"robustness": robustness, "live": live, "plots": root / "evaluation"}
 
 
 def test_evaluate_stage_writes_method_task_metric_json(tmp_path):
     features, heads = write_features(tmp_path / "features"), tmp_path / "heads"
     _train_heads(features, heads)
     out = tmp_path / "metrics" / "evaluate.json"
-    result = evaluate_stage(params=_params(), features=features, heads=heads, out=out)
+    inputs = write_stage_inputs(tmp_path)
+    result = evaluate_stage(params=_params(), features=features, heads=heads, out=out, **inputs)
 
     assert read_json(out) == result
-    assert set(result) == {"lp", "chance"}
+    assert set(result) == {"lp", "chance", "spectrum"}
     assert set(result["lp"]) == {"cls_id", "cls_ood", "vqa"}
     for task in ("cls_id", "cls_ood"):
-        assert set(result["lp"][task]) == {"accuracy", "macro_f1", "macro_auroc", "n"}
+        assert set(result["lp"][task]) == {"accuracy", "macro_f1", "macro_auroc", "n", "ci"}
+        assert set(result["lp"][task]["ci"]) == {"accuracy", "macro_f1", "macro_auroc"}
         assert result["lp"][task]["n"] == 12
         assert result["lp"][task]["accuracy"] == 1.0  # separable features
-    assert set(result["lp"]["vqa"]) == {"accuracy", "closed_accuracy", "open_accuracy", "n"}
+    assert set(result["lp"]["vqa"]) == {"accuracy", "closed_accuracy", "open_accuracy", "n", "ci"}
+    assert set(result["spectrum"]) == {"cls_id_train", "cls_ood_test"}
 
-    # The stored numbers are the metrics of the saved heads' own predictions.
+    # The stored numbers are the metrics of the saved heads' own predictions, and each lies in its interval.
     head = load_head(heads / "lp", "vqa")
     vqa_test = load_feature_split(features, "vqa_test")
     predictions = predict_probabilities(head, vqa_test["x"], batch_size=64).argmax(axis=1)
-    assert result["lp"]["vqa"] == vqa_metrics(vqa_test["y"].numpy(), predictions, vqa_test["closed"].numpy())
+    vqa = dict(result["lp"]["vqa"])
+    intervals = vqa.pop("ci")
+    assert vqa == vqa_metrics(vqa_test["y"].numpy(), predictions, vqa_test["closed"].numpy())
+    for task in ("cls_id", "cls_ood", "vqa"):
+        for name, (low, high) in result["lp"][task]["ci"].items():
+            assert low <= result["lp"][task][name] <= high, (task, name)
+
+    figures = {path.name for path in (inputs["plots"] / "figures").iterdir()}
+    assert figures == {"confusion_lp_cls_id.png", "confusion_lp_cls_ood.png", "robust_accuracy.png",
+                       "training_surrogate.png", "training_pretrain.png", "training_finetune_lp.png"}
+    robust_csv = (inputs["plots"] / "robustness" / "lp.csv").read_text().splitlines()
+    assert robust_csv[0] == "eps_255,cls_id,cls_ood,vqa" and len(robust_csv) == 5
+    confusion = (inputs["plots"] / "confusion" / "lp_cls_id.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 13
 
     # write_features: labels cycle through the classes (ties -> smallest index); closed answers are 1 and 3.
     expected_chance = {
@@ -123,8 +154,8 @@ def test_evaluate_stage_scores_every_head_method_in_eval_mode(tmp_path):
         _train_heads(features, heads, method)
     # evaluate in batches of 5: with BatchNorm in training mode the scores would depend on the batching
     result = evaluate_stage(params=_params(batch_size=5, methods=methods), features=features, heads=heads,
-                            out=tmp_path / "evaluate.json")
-    assert set(result) == {*methods, "chance"}
+                            out=tmp_path / "evaluate.json", **write_stage_inputs(tmp_path, methods))
+    assert set(result) == {*methods, "chance", "spectrum"}
     cls_test = load_feature_split(features, "cls_id_test")
     for method in methods:
         assert set(result[method]) == {"cls_id", "cls_ood", "vqa"}
@@ -132,7 +163,8 @@ def test_evaluate_stage_scores_every_head_method_in_eval_mode(tmp_path):
         assert not head.training
         with torch.no_grad():
             whole_batch = head(cls_test["x"]).softmax(dim=1).double().numpy()
-        assert result[method]["cls_id"] == classification_metrics(cls_test["y"].numpy(), whole_batch), method
+        scores = {key: value for key, value in result[method]["cls_id"].items() if key != "ci"}
+        assert scores == classification_metrics(cls_test["y"].numpy(), whole_batch), method
         assert result[method]["cls_id"]["accuracy"] == 1.0, method  # separable features
 
 
@@ -150,12 +182,25 @@ def test_heads_that_do_not_fit_the_features_are_refused(tmp_path):
     _train_heads(features, heads)
     save_tensors(features / "cls_id_test.safetensors", {"x": torch.zeros(4, 10), "y": torch.zeros(4, dtype=torch.long)})
     out = tmp_path / "evaluate.json"
+    inputs = write_stage_inputs(tmp_path)
     with pytest.raises(DataError, match="cls_id_test.safetensors has 10-dim features but the head expects 8"):
-        evaluate_stage(params=_params(), features=features, heads=heads, out=out)
-    assert not out.exists()
+        evaluate_stage(params=_params(), features=features, heads=heads, out=out, **inputs)
+    assert not out.exists() and not inputs["plots"].exists()
+
+
+def test_missing_robustness_metrics_are_a_clear_error_and_nothing_is_written(tmp_path):
+    features, heads = write_features(tmp_path / "features"), tmp_path / "heads"
+    _train_heads(features, heads)
+    inputs = write_stage_inputs(tmp_path)
+    (inputs["robustness"] / "lp.json").unlink()
+    out = tmp_path / "evaluate.json"
+    with pytest.raises(DataError, match=r"robustness/lp.json: file not found"):
+        evaluate_stage(params=_params(), features=features, heads=heads, out=out, **inputs)
+    assert not out.exists() and not inputs["plots"].exists()
 
 
 def test_missing_heads_are_a_clear_error(tmp_path):
     features = write_features(tmp_path / "features")
     with pytest.raises(DataError, match=r"lp/cls_id.json: file not found"):
-        evaluate_stage(params=_params(), features=features, heads=tmp_path / "heads", out=tmp_path / "evaluate.json")
+        evaluate_stage(params=_params(), features=features, heads=tmp_path / "heads", out=tmp_path / "evaluate.json",
+                       **write_stage_inputs(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medvlm.params import FeatureParams, HeadParams, ParamsError, load_params, parse_params
+from medvlm.params import EvaluateParams, FeatureParams, HeadParams, ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -42,6 +42,12 @@ BAD_PARAMS = [
     ({"heads": {"mlp": {"batch_size": 1}}}, "heads.mlp.batch_size", "greater than or equal to 2"),
     ({"features": {"augment": {"degrees": 90}}}, "features.augment.degrees", "less than or equal to 30"),
     ({"features": {"augment": {"hflip": True}}}, "features.augment.hflip", "allowed keys here: crop_scale_min"),
+    ({"evaluate": {"robust": {"eps_255": [1, -2]}}}, "evaluate.robust.eps_255", "every radius must be >= 0"),
+    ({"evaluate": {"robust": {"eps_255": [2, 2]}}}, "evaluate.robust.eps_255", "radii must be distinct"),
+    ({"evaluate": {"robust": {"check_eps_255": 3}}}, "evaluate.robust", "check_eps_255 must be one of eps_255"),
+    ({"evaluate": {"robust": {"check_steps": 10}}}, "evaluate.robust", "check_steps must exceed steps"),
+    ({"evaluate": {"robust": {"step_fraction": 0}}}, "evaluate.robust.step_fraction", "greater than 0"),
+    ({"evaluate": {"bootstrap": {"confidence": 1.2}}}, "evaluate.bootstrap.confidence", "less than 1"),
 ]
 
 
@@ -63,6 +69,7 @@ def test_shipped_params_are_valid():
     assert params.heads.methods == ["lp", "mlp", "nmtune", "ran"]
     # params.yaml spells out the schema's head and feature defaults, so the file is the one place to read them
     assert params.heads == HeadParams() and params.features == FeatureParams()
+    assert params.evaluate == EvaluateParams()
 
 
 @pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS, ids=[case[1] for case in BAD_PARAMS])
@@ -101,7 +108,8 @@ STAGE_OUTPUT_OPTIONS = {
     "pretrain": ["--out", "{tmp}/models/clip", "--live", "{tmp}/live", "--metrics", "{tmp}/m.json"],
     "features": ["--out", "{tmp}/data/features"],
     "finetune": ["--method", "lp", "--out", "{tmp}/models/heads/lp", "--live", "{tmp}/live"],
-    "evaluate": ["--out", "{tmp}/m.json"],
+    "robustness": ["--method", "lp", "--out", "{tmp}/m.json"],
+    "evaluate": ["--out", "{tmp}/m.json", "--plots", "{tmp}/evaluation"],
 }
 
 

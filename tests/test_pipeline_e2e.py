@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD_STAGES = {"finetune@lp", "finetune@mlp", "finetune@nmtune", "finetune@ran"}
-ALL_STAGES = {"download", "surrogate", "attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}
+ROBUSTNESS_STAGES = {"robustness@lp", "robustness@mlp", "robustness@nmtune", "robustness@ran"}
+DOWNSTREAM = {"attack", "pretrain", "features", *HEAD_STAGES, *ROBUSTNESS_STAGES, "evaluate"}
+ALL_STAGES = {"download", "surrogate", *DOWNSTREAM}
 TINY = {
     "noise_ratio": 0.25,
     "device": "cpu",
@@ -29,6 +31,9 @@ TINY = {
     "pretrain": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
     "attack": {"batch_size": 16, "success_candidates": 8, "image": {"steps": 2}},
     "heads": {method: {"epochs": 2, "batch_size": 16} for method in ("lp", "mlp", "nmtune", "ran")},
+    "evaluate": {"bootstrap": {"samples": 100},
+                 "robust": {"eps_255": [2, 8], "steps": 2, "n_images": 6, "batch_size": 6, "check_steps": 4,
+                            "check_images": 3, "check_eps_255": 8}},
 }
 
 
@@ -111,7 +116,7 @@ def test_repro_writes_every_metric_and_a_second_repro_does_nothing(pipeline_repo
 
 def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
     output = run(pipeline_repo, "dvc", "exp", "run", "-S", "noise_ratio=0.5", "-n", "ratio-half")
-    assert stages_run(output) == {"attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}, output
+    assert stages_run(output) == DOWNSTREAM, output
 
     shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
     baseline = next(entry for entry in shown if entry["rev"] != "workspace")  # the committed baseline
@@ -126,7 +131,7 @@ def test_exp_run_noise_ratio_reruns_only_attack_and_later(pipeline_repo):
 
 def test_exp_run_of_a_ran_weight_reruns_only_ran_and_evaluate(pipeline_repo):
     output = run(pipeline_repo, "dvc", "exp", "run", "-S", "heads.ran.w_adv=0", "-n", "ran-no-adv")
-    assert stages_run(output) == {"finetune@ran", "evaluate"}, output
+    assert stages_run(output) == {"finetune@ran", "robustness@ran", "evaluate"}, output
 
 
 def test_metrics_diff_between_branches(pipeline_repo):
@@ -146,11 +151,10 @@ def test_metrics_diff_between_branches(pipeline_repo):
 
 
 def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
-    downstream = {"attack", "pretrain", "features", *HEAD_STAGES, "evaluate"}
     for name, setting in (("caption-noise", "noise_type=caption"), ("random-noise", "noise_kind=random")):
         run(pipeline_repo, "git", "checkout", "-q", "--", ".")  # each experiment starts from the committed params
         output = run(pipeline_repo, "dvc", "exp", "run", "-S", setting, "-n", name)
-        assert stages_run(output) == downstream, output
+        assert stages_run(output) == DOWNSTREAM, output
         assert (pipeline_repo / "data/noisy/gallery.png").is_file()
 
     shown = json.loads(run(pipeline_repo, "dvc", "exp", "show", "--json"))
@@ -167,3 +171,23 @@ def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
                                  text=True, check=True)
     plots = json.loads(shown_plots.stdout)["data"]
     assert [plot["type"] for plot in plots["data/noisy/gallery.png"]] == ["image"]
+    assert [plot["type"] for plot in plots["evaluation/figures/robust_accuracy.png"]] == ["image"]
+    assert plots["evaluation/robustness/ran.csv"] and plots["evaluation/confusion/lp_cls_id.csv"]
+
+
+def test_report_from_experiments(pipeline_repo, tmp_path):
+    """Built from the experiments the tests above ran (noise 0.5, caption noise, ...): two at distinct ratios."""
+    run(pipeline_repo, "git", "checkout", "-q", "--", ".")
+    run(pipeline_repo, "dvc", "exp", "run", "-S", "noise_ratio=0", "-n", "ratio-zero")
+    out = tmp_path / "reports"
+    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "--name", "tiny", "--exp", "ratio-zero",
+        "--exp", "ratio-half", "--out", str(out))
+    text = (out / "tiny.md").read_text()
+    for method in ("lp", "mlp", "nmtune", "ran"):
+        assert f"| 0 | {method} |" in text and f"| 0.5 | {method} |" in text
+    assert "out-of-domain PGD ε=8/255" in text and "## The paper's claims, as measured" in text
+    assert (out / "tiny" / "clean_vs_noise.png").is_file() and (out / "tiny" / "robust_vs_noise.png").is_file()
+    # Every experiment of the commit: several share a ratio (caption noise, random noise...), which is refused.
+    result = subprocess.run([sys.executable, "-m", "medvlm.report", "--name", "all", "--out", str(out)],
+                            cwd=pipeline_repo, env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "both have noise_ratio" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 HEAD_METHODS = ("lp", "mlp", "nmtune", "ran")
 """Head methods the finetune stage can train: linear probing, MLP-tuning, NMTune and RAN (DESIGN §6)."""
@@ -155,8 +155,49 @@ class HeadParams(_Section):
     ran: RanParams = RanParams()
 
 
+class RobustnessParams(_Section):
+    """Test-time L∞ PGD through the frozen image encoder and each head (DESIGN §7)."""
+
+    eps_255: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1,
+                                 description="attack radii in 1/255 pixel units")
+    steps: int = Field(10, ge=1)
+    step_fraction: float = Field(0.25, gt=0, le=1, description="PGD step size as a fraction of ε")
+    random_start: bool = True
+    n_images: int = Field(128, ge=1, description="seeded subset of each test set that is attacked")
+    batch_size: int = Field(128, ge=1)
+    check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check")
+    check_images: int = Field(32, ge=1, description="first images of the subset the check attacks")
+    check_eps_255: float = Field(2.0, description="ε of the convergence check; one of eps_255")
+
+    @field_validator("eps_255")
+    @classmethod
+    def _radii_non_negative_and_distinct(cls, radii: list[float]) -> list[float]:
+        if any(eps < 0 for eps in radii):
+            raise ValueError(f"every radius must be >= 0, got {radii}")
+        if len(set(radii)) != len(radii):
+            raise ValueError(f"radii must be distinct, got {radii}")
+        return sorted(radii)
+
+    @model_validator(mode="after")
+    def _check_is_a_listed_radius(self) -> "RobustnessParams":
+        if self.check_eps_255 not in self.eps_255:
+            raise ValueError(f"check_eps_255 must be one of eps_255 {self.eps_255}, got {self.check_eps_255} "
+                             "(the check is read beside PGD's accuracy at that radius)")
+        if self.check_steps <= self.steps:
+            raise ValueError(f"check_steps must exceed steps ({self.steps}) to be a stronger attack, "
+                             f"got {self.check_steps}")
+        return self
+
+
+class BootstrapParams(_Section):
+    samples: int = Field(1000, ge=100, description="bootstrap resamples of the test set")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(1024, ge=1)
+    bootstrap: BootstrapParams = BootstrapParams()
+    robust: RobustnessParams = RobustnessParams()
 
 
 class Params(_Section):

@@ -17,6 +17,22 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps pixels N×C×H×W in [0, 1] to per-sample scores (N,) that the attack maximises."""
 
 
+def linf_ball(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (lower, upper) bounds of the L∞ ball of radius `eps` around `clean`, inside [0, 1]."""
+    return (clean - eps).clamp(0.0, 1.0), (clean + eps).clamp(0.0, 1.0)
+
+
+def random_start_in(clean: torch.Tensor, eps: float, lower: torch.Tensor, upper: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform draw from the ball (the clean images themselves when eps is 0); `generator` draws on its
+    own device (CPU by default), so the start does not depend on where the model runs."""
+    if eps == 0:
+        return clean.clone()
+    device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.rand(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    return torch.clamp(clean + (2 * noise.to(clean.device) - 1) * eps, lower, upper)
+
+
 def pgd_linf(
     objective: Objective,
     images: torch.Tensor,
@@ -29,20 +45,14 @@ def pgd_linf(
 ) -> torch.Tensor:
     """Maximise `objective` over the L∞ ball of radius `eps` around `images`, intersected with [0, 1].
 
-    Every iterate (including the random start) lies inside the ball and inside [0, 1]. `generator` draws
-    the random start on its own device (CPU by default), so the start does not depend on where the model
-    runs. Returns detached adversarial images with the input's shape and dtype.
+    Every iterate (including the random start) lies inside the ball and inside [0, 1]. Returns detached
+    adversarial images with the input's shape and dtype.
     """
     if eps < 0 or step <= 0 or steps < 0:
         raise ValueError(f"PGD needs eps >= 0, step > 0 and steps >= 0 (got eps={eps}, step={step}, steps={steps})")
     clean = images.detach()
-    lower = (clean - eps).clamp(0.0, 1.0)
-    upper = (clean + eps).clamp(0.0, 1.0)
-    adversarial = clean.clone()
-    if random_start and eps > 0:
-        device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.rand(clean.shape, generator=generator, device=device, dtype=clean.dtype)
-        adversarial = torch.clamp(clean + (2 * noise.to(clean.device) - 1) * eps, lower, upper)
+    lower, upper = linf_ball(clean, eps)
+    adversarial = random_start_in(clean, eps, lower, upper, generator) if random_start else clean.clone()
     for _ in range(steps):
         adversarial.requires_grad_(True)
         scores = objective(adversarial)

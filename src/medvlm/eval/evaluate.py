@@ -1,11 +1,14 @@
-"""The `evaluate` stage: clean test metrics of every trained head, plus chance baselines, in one JSON.
+"""The `evaluate` stage: clean test metrics of every trained head with bootstrap intervals, chance
+baselines and the frozen features' spectrum in one JSON; figures and plot data in one folder.
 
-Layout of the output: method -> task -> metric, e.g.
-{"lp": {"cls_id": {"accuracy", "macro_f1", "macro_auroc", "n"}, "cls_ood": {...},
-        "vqa": {"accuracy", "closed_accuracy", "open_accuracy", "n"}},
+Layout of the metrics: method -> task -> metric, e.g.
+{"lp": {"cls_id": {"accuracy", "macro_f1", "macro_auroc", "n", "ci": {"accuracy": [low, high], ...}},
+        "cls_ood": {...}, "vqa": {"accuracy", "closed_accuracy", "open_accuracy", "n", "ci": {...}}},
  "chance": {"cls_id": {"uniform", "majority"}, "cls_ood": {...},
-            "vqa": {"majority", "majority_closed", "majority_open"}}}
+            "vqa": {"majority", "majority_closed", "majority_open"}},
+ "spectrum": {"cls_id_train": {"sv_entropy", "top_sv_ratio", ...}, "cls_ood_test": {...}}}
 The out-of-domain set is scored with the in-domain (cls_id) head: same label set, shifted acquisition.
+Robust accuracy is the `robustness` stage's (metrics/robustness/<method>.json); this stage draws it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ import numpy as np
 import torch
 
 from medvlm.data.cached_features import CLASSIFICATION_SPLITS, VQA_SPLITS, load_feature_split, read_features_meta
-from medvlm.eval.metrics import classification_chance, classification_metrics, vqa_chance, vqa_metrics
-from medvlm.io import DataError, write_json
+from medvlm.eval.bootstrap import bootstrap_intervals
+from medvlm.eval.metrics import (
+    classification_chance,
+    classification_metrics,
+    resample_scores,
+    vqa_chance,
+    vqa_metrics,
+)
+from medvlm.eval.plot_data import write_plot_data
+from medvlm.eval.spectrum import feature_spectrum
+from medvlm.eval.tasks import TEST_TASKS
+from medvlm.io import DataError, atomic_dir, write_json
 from medvlm.models.heads import Head, head_paths, load_head
-from medvlm.params import Params
+from medvlm.params import BootstrapParams, Params
 from medvlm.runtime import log, resolve_device
 
+SPECTRUM_SPLITS = ("cls_id_train", "cls_ood_test")
+"""Image-feature splits whose spectrum is reported: what the heads train on, and the shifted test set."""
 
 
 @torch.inference_mode()
@@ -51,30 +66,68 @@ def _split_probabilities(head: Head, features: Path, split: dict[str, torch.Tens
     return predict_probabilities(head, split["x"], batch_size)
 
 
-def evaluate_stage(*, params: Params, features: Path, heads: Path, out: Path) -> dict[str, Any]:
+def scored_classification(labels: np.ndarray, probabilities: np.ndarray, bootstrap: BootstrapParams,
+                          seed: int) -> dict[str, Any]:
+    """Classification metrics plus bootstrap intervals of accuracy, macro-F1 and macro-AUROC."""
+    names = ["accuracy", "macro_f1", "macro_auroc"]
+
+    metrics = classification_metrics(labels, probabilities)
+    metrics["ci"] = bootstrap_intervals(lambda index: resample_scores(labels[index], probabilities[index]),
+                                        len(labels), names, params=bootstrap, seed=seed)
+    return metrics
+
+
+def scored_vqa(labels: np.ndarray, predictions: np.ndarray, closed: np.ndarray, bootstrap: BootstrapParams,
+               seed: int) -> dict[str, Any]:
+    """VQA accuracies (overall, closed, open) plus their bootstrap intervals."""
+    names = ["accuracy", "closed_accuracy", "open_accuracy"]
+
+    correct = (predictions == labels).astype(np.float64)
+    is_closed = closed.astype(bool)
+
+    def mean_or_nan(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else np.nan
+
+    def statistic(index: np.ndarray) -> list[float]:  # plain means: vqa_metrics' sklearn calls are ~1 ms each
+        hits, kinds = correct[index], is_closed[index]
+        return [float(hits.mean()), mean_or_nan(hits[kinds]), mean_or_nan(hits[~kinds])]
+
+    metrics = vqa_metrics(labels, predictions, closed)
+    present = [name for name in names if metrics[name] is not None]
+    intervals = bootstrap_intervals(statistic, len(labels), names, params=bootstrap, seed=seed)
+    metrics["ci"] = {name: intervals[name] for name in present}
+    return metrics
+
+
+def evaluate_stage(*, params: Params, features: Path, heads: Path, robustness: Path, live: Path, out: Path,
+                   plots: Path) -> dict[str, Any]:
     """Score `heads/<method>/{cls_id,vqa}` for every method in params.heads.methods on the cached test
-    features; write the metrics JSON to `out` and return it."""
+    features; write the metrics JSON to `out`, and figures + plot data (with the robustness metrics in
+    `robustness/<method>.json` and the DVCLive curves under `live`) to the folder `plots`."""
     meta = read_features_meta(features)
     n_labels, n_answers = len(meta["labels"]), len(meta["answers"])
     splits = {name: load_feature_split(features, name) for name in (*CLASSIFICATION_SPLITS, *VQA_SPLITS)}
     labels = {name: split["y"].numpy() for name, split in splits.items()}
     batch_size = params.evaluate.batch_size
+    bootstrap = params.evaluate.bootstrap
     device = resolve_device(params.device)
 
-    def probabilities(head: Head, name: str) -> np.ndarray:
-        return _split_probabilities(head, features, splits[name], name, batch_size)
-
     results: dict[str, Any] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
     for method in params.heads.methods:
         directory = Path(heads) / method
-        cls_head = _load_checked_head(directory, "cls_id", n_labels, device)
-        vqa_head = _load_checked_head(directory, "vqa", n_answers, device)
-        results[method] = {
-            "cls_id": classification_metrics(labels["cls_id_test"], probabilities(cls_head, "cls_id_test")),
-            "cls_ood": classification_metrics(labels["cls_ood_test"], probabilities(cls_head, "cls_ood_test")),
-            "vqa": vqa_metrics(labels["vqa_test"], probabilities(vqa_head, "vqa_test").argmax(axis=1),
-                               splits["vqa_test"]["closed"].numpy()),
-        }
+        loaded = {"cls_id": _load_checked_head(directory, "cls_id", n_labels, device),
+                  "vqa": _load_checked_head(directory, "vqa", n_answers, device)}
+        results[method], predictions[method] = {}, {}
+        for task_name, task in TEST_TASKS.items():
+            probabilities = _split_probabilities(loaded[task.head], features, splits[task.split], task.split,
+                                                 batch_size)
+            predictions[method][task_name] = probabilities.argmax(axis=1)
+            results[method][task_name] = (
+                scored_vqa(labels[task.split], predictions[method][task_name],
+                           splits[task.split]["closed"].numpy(), bootstrap, params.seed)
+                if task_name == "vqa" else
+                scored_classification(labels[task.split], probabilities, bootstrap, params.seed))
         log.info("%s: cls_id acc %.3f, cls_ood acc %.3f, vqa acc %.3f", method,
                  results[method]["cls_id"]["accuracy"], results[method]["cls_ood"]["accuracy"],
                  results[method]["vqa"]["accuracy"])
@@ -85,6 +138,13 @@ def evaluate_stage(*, params: Params, features: Path, heads: Path, out: Path) ->
         "vqa": vqa_chance(labels["vqa_train"], splits["vqa_train"]["closed"].numpy(),
                           labels["vqa_test"], splits["vqa_test"]["closed"].numpy()),
     }
-    write_json(out, results)
-    log.info("wrote metrics for %s to %s", ", ".join(params.heads.methods), out)
+    results["spectrum"] = {name: feature_spectrum(splits[name]["x"]) for name in SPECTRUM_SPLITS}
+
+    with atomic_dir(plots) as plots_dir:
+        write_plot_data(plots_dir, methods=params.heads.methods, class_names=meta["labels"],
+                        labels={task_name: labels[task.split] for task_name, task in TEST_TASKS.items()},
+                        predictions=predictions, chance=results["chance"],
+                        robustness=Path(robustness), robust=params.evaluate.robust, live=Path(live))
+        write_json(out, results)
+    log.info("wrote metrics for %s to %s and figures to %s", ", ".join(params.heads.methods), out, plots)
     return results

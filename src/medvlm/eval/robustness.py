@@ -1,0 +1,189 @@
+"""The `robustness` stage: accuracy under test-time L∞ PGD through the frozen image encoder and a head.
+
+For each task (in-domain and out-of-domain classification, VQA with the question held fixed) a seeded
+subset of the test images is attacked at every ε of `evaluate.robust.eps_255`, maximising the head's
+cross-entropy. A stronger PGD (`check_steps`) on the first `check_images` of the subset, at one ε, is
+reported beside it: if PGD-`steps` has converged, the two accuracies agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medvlm.attacks.pgd import linf_ball, random_start_in
+from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_features_meta
+from medvlm.data.manifest import load_images, read_manifest, to_pixels
+from medvlm.eval.bootstrap import accuracy_interval
+from medvlm.eval.tasks import TEST_TASKS
+from medvlm.io import DataError, write_json
+from medvlm.models.clip import MedClip, load_clip
+from medvlm.models.heads import Head, load_head
+from medvlm.params import Params, RobustnessParams
+from medvlm.runtime import log, resolve_device, seed_everything
+
+Classifier = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""Maps pixels N×1×H×W in [0, 1] (and per-image context, e.g. question embeddings) to logits N×C."""
+
+FEATURE_TOLERANCE = 1e-3
+"""Largest |difference| allowed between the encoder's clean features and the cached ones."""
+
+
+def eps_key(eps_255: float) -> str:
+    """Metrics key of a radius: 'eps_2', 'eps_0p5' (no dots, which `dvc metrics show` reads as nesting)."""
+    return "eps_" + f"{eps_255:g}".replace(".", "p")
+
+
+def robust_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None,
+                   *, eps: float, step: float, steps: int, random_start: bool,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool N: True where the clean image and every PGD iterate (random start included) are classified right.
+
+    Hand-written rather than `attacks.pgd.pgd_linf`, which returns only the last iterate: here an image
+    counts as fooled at the first iterate that fools it (AutoAttack's accounting, never weaker than judging
+    the last iterate), and fooled images leave the batch, so later steps get cheaper as accuracy falls.
+    With eps = 0 this is exactly clean correctness.
+    """
+    with torch.no_grad():
+        correct = classify(pixels, context).argmax(dim=1) == labels
+    if eps == 0:
+        return correct
+    active = correct.nonzero().squeeze(1)  # only images still classified right can be fooled
+    clean = pixels[active]
+    lower, upper = linf_ball(clean, eps)
+    adversarial = random_start_in(clean, eps, lower, upper, generator) if random_start else clean.clone()
+    for iteration in range(steps + 1):
+        if active.numel() == 0:
+            break
+        batch_context = None if context is None else context[active]
+        adversarial.requires_grad_(iteration < steps)
+        with torch.set_grad_enabled(iteration < steps):
+            logits = classify(adversarial, batch_context)
+        fooled = logits.argmax(dim=1) != labels[active]
+        correct[active[fooled]] = False
+        if iteration == steps:
+            break
+        loss = F.cross_entropy(logits, labels[active], reduction="sum")  # per-image terms: sum keeps each gradient
+        (gradient,) = torch.autograd.grad(loss, adversarial)
+        keep = ~fooled
+        active, lower, upper = active[keep], lower[keep], upper[keep]
+        adversarial = torch.clamp(adversarial.detach()[keep] + step * gradient[keep].sign(), lower, upper)
+    return correct
+
+
+def encoder_head_classifier(clip: MedClip, head: Head, vqa: bool) -> Classifier:
+    """Pixels -> normalised image embedding (fused with the fixed question embedding for VQA) -> head."""
+    def classify(pixels: torch.Tensor, questions: torch.Tensor | None) -> torch.Tensor:
+        image = clip.encode_pixels(pixels, normalize=True).float()
+        return head(fuse_vqa(image, questions) if vqa else image)
+    return classify
+
+
+def attack_subset(n_items: int, size: int, seed: int, task_index: int) -> torch.Tensor:
+    """The fixed seeded subset (sorted indices) of a test set that is attacked; all of it when smaller."""
+    generator = torch.Generator().manual_seed(seed * 1000 + task_index)
+    return torch.randperm(n_items, generator=generator)[:size].sort().values
+
+
+def _batched_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor,
+                     context: torch.Tensor | None, *, eps: float, steps: int, robust: RobustnessParams,
+                     generator: torch.Generator) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(labels), robust.batch_size):
+        part = slice(start, start + robust.batch_size)
+        chunks.append(robust_correct(classify, pixels[part], labels[part],
+                                     None if context is None else context[part],
+                                     eps=eps / 255, step=robust.step_fraction * eps / 255, steps=steps,
+                                     random_start=robust.random_start, generator=generator))
+    return torch.cat(chunks)
+
+
+def _task_inputs(task_name: str, *, data: Path, features: Path, data_root: Path, rows: torch.Tensor,
+                 image_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(pixels, labels, question embeddings or None, cached clean features) of the subset `rows`."""
+    task = TEST_TASKS[task_name]
+    frame = read_manifest(data, task.manifest, data_root, split="test")
+    split = load_feature_split(features, task.split)
+    if len(frame) != len(split["y"]):
+        raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but {features}/{task.split}"
+                        f".safetensors has {len(split['y'])}; re-run features after download")
+    pixels = to_pixels(load_images(data_root, list(frame["image"].iloc[rows.numpy()]))).to(device)
+    cached = split["x"][rows]
+    questions = cached[:, image_dim:2 * image_dim].to(device) if task_name == "vqa" else None
+    return pixels, split["y"][rows].to(device), questions, cached[:, :image_dim]
+
+
+def _check_features_match(clip: MedClip, pixels: torch.Tensor, cached: torch.Tensor, where: str) -> None:
+    with torch.no_grad():
+        fresh = clip.encode_pixels(pixels[:64], normalize=True).float().cpu()
+    gap = float((fresh - cached[:64]).abs().max())
+    if gap > FEATURE_TOLERANCE:
+        raise DataError(f"{where}: cached features differ from the encoder's by up to {gap:.2g}; "
+                        "they were not computed with this CLIP (re-run features)")
+
+
+def robustness_stage(*, params: Params, method: str, data: Path, features: Path, clip: Path, heads: Path,
+                     out: Path, data_root: Path = Path("data")) -> dict[str, Any]:
+    """Attack `heads/<method>` through the CLIP in `clip` on every test task; write metrics JSON to `out`."""
+    robust = params.evaluate.robust
+    seed_everything(params.seed)
+    device = resolve_device(params.device)
+    image_dim = int(read_features_meta(features)["dims"]["cls_id"])
+    model = load_clip(clip, device=device).eval().requires_grad_(False)
+
+    results: dict[str, Any] = {}
+    attacked = 0
+    start_time = time.perf_counter()
+    for task_index, (task_name, task) in enumerate(TEST_TASKS.items()):
+        n_test = len(load_feature_split(features, task.split)["y"])
+        rows = attack_subset(n_test, robust.n_images, params.seed, task_index)
+        pixels, labels, questions, cached = _task_inputs(task_name, data=data, features=features,
+                                                         data_root=data_root, rows=rows, image_dim=image_dim,
+                                                         device=device)
+        _check_features_match(model, pixels, cached, f"{features}/{task.split}.safetensors")
+        head = load_head(Path(heads) / method, task.head, device).requires_grad_(False)
+        classify = encoder_head_classifier(model, head, vqa=task_name == "vqa")
+        generator = torch.Generator().manual_seed(params.seed)
+
+        task_results: dict[str, Any] = {"n": len(rows)}
+        correct_at: dict[float, torch.Tensor] = {}
+        for eps in tqdm([0.0, *robust.eps_255], desc=f"{method} {task_name} PGD-{robust.steps}", unit="eps"):
+            correct_at[eps] = _batched_correct(classify, pixels, labels, questions, eps=eps, steps=robust.steps,
+                                               robust=robust, generator=generator).cpu()
+            attacked += len(rows) * (robust.steps if eps else 1)
+            key = "clean" if eps == 0 else eps_key(eps)
+            task_results[key] = {
+                "accuracy": float(correct_at[eps].float().mean()),
+                "ci": accuracy_interval(correct_at[eps].numpy(), params=params.evaluate.bootstrap, seed=params.seed),
+            }
+        check = slice(0, robust.check_images)
+        strong = _batched_correct(classify, pixels[check], labels[check],
+                                  None if questions is None else questions[check], eps=robust.check_eps_255,
+                                  steps=robust.check_steps, robust=robust, generator=generator).cpu()
+        attacked += len(strong) * robust.check_steps
+        task_results["convergence"] = {
+            "eps_255": robust.check_eps_255,
+            "n": len(strong),
+            "steps": robust.steps,
+            "accuracy": float(correct_at[robust.check_eps_255][check].float().mean()),
+            "strong_steps": robust.check_steps,
+            "strong_accuracy": float(strong.float().mean()),
+        }
+        results[task_name] = task_results
+        log.info("%s %s: clean %.3f, %s; PGD-%d vs PGD-%d at eps %g/255 on %d images: %.3f vs %.3f",
+                 method, task_name, task_results["clean"]["accuracy"],
+                 ", ".join(f"{eps:g}/255 {task_results[eps_key(eps)]['accuracy']:.3f}" for eps in robust.eps_255),
+                 robust.steps, robust.check_steps, robust.check_eps_255, len(strong),
+                 task_results["convergence"]["accuracy"], task_results["convergence"]["strong_accuracy"])
+    seconds = time.perf_counter() - start_time
+    log.info("%s: %d image-gradient steps (upper bound) in %.1f s (%.0f images x steps/s)", method, attacked,
+             seconds, attacked / max(seconds, 1e-9))
+    write_json(out, results)
+    return results
+

@@ -1,0 +1,130 @@
+"""Collect the params and metrics of finished runs: DVC experiments (`dvc exp show --json`) or git revisions.
+
+A run is one row group of the report: its params (params.yaml) and its metrics files by path, as DVC
+reports them. Git revisions are read with `git show <rev>:<file>`, which works because the metrics files
+are committed (cache: false) and params.yaml is tracked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medvlm.io import DataError
+
+EVALUATE_METRICS = "metrics/evaluate.json"
+ROBUSTNESS_DIR = "metrics/robustness"
+
+
+class ReportError(DataError):
+    """The runs asked for cannot be found or do not carry the metrics a report needs."""
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    rev: str
+    params: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    """Metrics file path (relative to the repo) -> its JSON content."""
+
+    @property
+    def noise_ratio(self) -> float:
+        return float(self.params["noise_ratio"])
+
+    def evaluation(self) -> dict[str, Any]:
+        if EVALUATE_METRICS not in self.metrics:
+            raise ReportError(f"run {self.name} ({self.rev[:7]}) has no {EVALUATE_METRICS}")
+        return self.metrics[EVALUATE_METRICS]
+
+    def robustness(self, method: str) -> dict[str, Any] | None:
+        return self.metrics.get(f"{ROBUSTNESS_DIR}/{method}.json")
+
+
+def _command(repo: Path, *args: str) -> str:
+    result = subprocess.run(args, cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ReportError(f"`{' '.join(args)}` failed in {repo}: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def _run_from_exp_entry(entry: dict[str, Any], name: str) -> Run | None:
+    data = entry.get("data") or {}
+    if entry.get("error") or not data.get("metrics"):
+        return None  # failed or still queued
+    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+    metrics = {path: content.get("data") for path, content in data["metrics"].items() if content.get("data")}
+    if not params or EVALUATE_METRICS not in metrics:
+        return None
+    return Run(name=name, rev=entry["rev"], params=params, metrics=metrics)
+
+
+def runs_from_experiments(repo: Path, names: Sequence[str] = (), include_baseline: bool = False,
+                          all_commits: bool = False) -> list[Run]:
+    """Finished experiments of the HEAD commit (of every commit with `all_commits`) as `dvc exp show --json`
+    lists them, optionally only those in `names`; plus the baseline commits when `include_baseline`."""
+    shown = json.loads(_command(repo, "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])))
+    runs: list[Run] = []
+    for baseline in shown:
+        if baseline.get("rev") == "workspace":
+            continue
+        if include_baseline:
+            run = _run_from_exp_entry(baseline, baseline.get("name") or baseline["rev"][:7])
+            runs += [run] if run else []
+        for group in baseline.get("experiments") or []:
+            for entry in group.get("revs") or []:
+                run = _run_from_exp_entry(entry, entry.get("name") or entry["rev"][:7])
+                runs += [run] if run else []
+    if names:
+        missing = sorted(set(names) - {run.name for run in runs})
+        if missing:
+            raise ReportError(f"no finished experiment named {missing}; found {sorted(run.name for run in runs)}")
+        runs = [run for run in runs if run.name in names]
+    if not runs:
+        raise ReportError(f"{repo}: no finished experiment with {EVALUATE_METRICS} (run the sweep first)")
+    return runs
+
+
+def _show(repo: Path, rev: str, path: str) -> str | None:
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def runs_from_revisions(repo: Path, revisions: Sequence[str]) -> list[Run]:
+    """One run per git revision (branch, tag or commit), read from its committed params and metrics."""
+    runs = []
+    for rev in revisions:
+        sha = _command(repo, "git", "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+        params_text = _show(repo, sha, "params.yaml")
+        if params_text is None:
+            raise ReportError(f"revision {rev} has no params.yaml")
+        listing = _command(repo, "git", "ls-tree", "-r", "--name-only", sha, "metrics").split()
+        metrics = {}
+        for path in listing:
+            if path.endswith(".json"):
+                try:
+                    metrics[path] = json.loads(_show(repo, sha, path) or "")
+                except json.JSONDecodeError as exc:
+                    raise ReportError(f"revision {rev}: {path} is not valid JSON ({exc})") from None
+        run = Run(name=rev, rev=sha, params=yaml.safe_load(params_text), metrics=metrics)
+        run.evaluation()  # fails clearly when the revision has no evaluation
+        runs.append(run)
+    return runs
+
+
+def check_distinct_noise_ratios(runs: Sequence[Run]) -> list[Run]:
+    """Runs sorted by noise ratio; two runs at one ratio would make a table row ambiguous."""
+    by_ratio: dict[float, Run] = {}
+    for run in runs:
+        other = by_ratio.get(run.noise_ratio)
+        if other is not None:
+            raise ReportError(f"runs {other.name} and {run.name} both have noise_ratio {run.noise_ratio}; "
+                              "choose one (--exp NAME / --rev REV)")
+        by_ratio[run.noise_ratio] = run
+    return [by_ratio[ratio] for ratio in sorted(by_ratio)]
