@@ -26,6 +26,7 @@ test: $(STAMP)
 
 # Benchmarks against DESIGN §9's references and budgets, one table at the end (benchmarks/summary.py):
 # pre-training vs open_clip's own trainer (open_clip_train), image PGD vs torchattacks, head training times,
+# the real-data decode+resize throughput (printed only, no reference),
 # end-to-end `dvc repro` (wall time, peak memory; in a temporary copy with a fresh cache) and, on a GPU,
 # the MFU of a ViT-B/16 step. torchattacks and what open_clip_train imports (braceexpand, webdataset) are
 # not project dependencies: they are installed with --no-deps into $(BENCH_SITE) (never into the venv) and
@@ -45,6 +46,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BENCH_ENV) python benchmarks/bench_pretrain.py --json $(BENCH_OUT)/pretrain.json
 	$(BENCH_ENV) python benchmarks/bench_attack.py --json $(BENCH_OUT)/attack.json
 	python benchmarks/bench_heads.py --json $(BENCH_OUT)/heads.json
+	python benchmarks/bench_preprocess.py
 	python benchmarks/bench_repro.py --json $(BENCH_OUT)/repro.json
 	python benchmarks/bench_mfu.py --json $(BENCH_OUT)/mfu.json
 	python benchmarks/summary.py $(BENCH_OUT)

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.engine.clip_training import surrogate_stage
+from medvlm.engine.surrogate import surrogate_stage
 
 
 def main(

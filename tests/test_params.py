@@ -32,7 +32,7 @@ BAD_PARAMS = [
     ({"heads": {"methods": ["lp", "svm"]}}, "heads.methods.1", "'lp'"),
     ({"heads": {"methods": []}}, "heads.methods", "at least 1"),
     ({"unknown_top": 1}, "unknown_top", "allowed keys here: seed, device"),
-    ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: source, image_size"),
+    ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: image_size, pretrain_train"),
     ({"heads": {"lp": {"momentum": 0.9}}}, "heads.lp.momentum", "allowed keys here: epochs, batch_size"),
     ({"heads": {"ran": {"w_adv": -0.1}}}, "heads.ran.w_adv", "greater than or equal to 0"),
     ({"heads": {"ran": {"adv_eps": "big"}}}, "heads.ran.adv_eps", "valid number"),
@@ -42,6 +42,18 @@ BAD_PARAMS = [
     ({"heads": {"mlp": {"batch_size": 1}}}, "heads.mlp.batch_size", "greater than or equal to 2"),
     ({"features": {"augment": {"degrees": 90}}}, "features.augment.degrees", "less than or equal to 30"),
     ({"features": {"augment": {"hflip": True}}}, "features.augment.hflip", "allowed keys here: crop_scale_min"),
+    ({"data": {"cls_id": {"source": "mimic"}}}, "data.cls_id.source", "'synthetic', 'chestxray14', 'chexpert', 'csv' or 'image_folder'"),
+    ({"data": {"vqa": {"source": "roco", "path": "x"}}}, "data.vqa.source", "'synthetic', 'vqa_rad', 'slake' or 'csv'"),
+    ({"data": {"pretrain": {"source": "roco"}}}, "data.pretrain", "needs exactly one of path"),
+    ({"data": {"pretrain": {"source": "roco", "path": "a", "url": "https://x/a.zip", "sha256": "0" * 64}}},
+     "data.pretrain", "needs exactly one of path"),
+    ({"data": {"pretrain": {"source": "roco", "url": "https://x/a.zip"}}}, "data.pretrain", "url needs sha256"),
+    ({"data": {"pretrain": {"source": "synthetic", "path": "x"}}}, "data.pretrain", "takes no path or url"),
+    ({"data": {"multi_finding": "priority"}}, "data", "multi_finding 'priority'"),
+    ({"data": {"labels": ["normal", "normal"]}}, "data", "labels must be distinct"),
+    ({"data": {"resize": "stretch"}}, "data.resize", "'crop', 'pad' or 'squash'"),
+    ({"data": {"uncertain": "ones"}}, "data.uncertain", "'exclude', 'negative' or 'positive'"),
+    ({"data": {"source": "synthetic"}}, "data.source", "allowed keys here"),
     ({"evaluate": {"robust": {"eps_255": [1, -2]}}}, "evaluate.robust.eps_255", "every radius must be >= 0"),
     ({"evaluate": {"robust": {"eps_255": [2, 2]}}}, "evaluate.robust.eps_255", "radii must be distinct"),
     ({"evaluate": {"robust": {"check_eps_255": 3}}}, "evaluate.robust", "check_eps_255 must be one of eps_255"),
@@ -79,6 +91,14 @@ def test_bad_params_name_the_key_and_rule(override, key, rule):
     message = str(excinfo.value)
     assert f"{key}:" in message
     assert rule in message
+
+
+def test_real_data_preset_is_valid_and_differs_only_where_documented():
+    preset = load_params(REPO / "presets" / "real-data.yaml")
+    assert {kind: s.source for kind, s in preset.data.sources().items()} == {
+        "pretrain": "roco", "cls_id": "chestxray14", "cls_ood": "chexpert", "vqa": "vqa_rad"}
+    assert preset.surrogate.epochs == 0 and preset.model.init == "openai"
+    assert preset.heads == load_params(REPO / "params.yaml").heads
 
 
 def test_missing_and_unparseable_files(tmp_path):

@@ -6,6 +6,7 @@ a wrong type or an out-of-range value stops the run with a message naming the ke
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,9 +25,52 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _SourceParams(_Section):
+    """Where one task's data comes from: the built-in generator, or a data set's local copy or archive URL.
+
+    Subclasses narrow `source` to the adapters that can fill the task (README: preparing real data sets)."""
+
+    path: str = Field("", description="local copy: the data set's folder (source csv: the CSV file)")
+    url: str = Field("", description="archive (tar, tar.gz, zip) to fetch instead of a local path")
+    sha256: str = Field("", description="SHA-256 of the archive at `url` (hex); required with `url`")
+    subdir: str = Field("", description="with `url`: the data set's folder (csv: its CSV file) inside the archive")
+    max_per_split: int = Field(0, ge=0, description="seeded subsample of at most this many images per split; 0: all")
+    skip_missing: bool = Field(False, description="leave out rows whose image file is missing or empty")
+
+    @model_validator(mode="after")
+    def _path_or_url(self):
+        source = self.source  # type: ignore[attr-defined]  (each subclass declares its allowed sources)
+        if source == "synthetic":
+            if self.path or self.url:
+                raise ValueError("source 'synthetic' takes no path or url")
+            return self
+        if bool(self.path) == bool(self.url):
+            raise ValueError(f"source {source!r} needs exactly one of path (a local copy) or url (an archive to fetch)")
+        if self.url and not _SHA256.match(self.sha256.lower()):
+            raise ValueError("url needs sha256: the archive's SHA-256 as 64 hex digits")
+        if self.subdir and not self.url:
+            raise ValueError("subdir applies to a fetched archive (url) only; give the folder as path")
+        return self
+
+
+class PretrainSourceParams(_SourceParams):
+    source: Literal["synthetic", "roco", "csv"] = "synthetic"
+
+
+class ClassificationSourceParams(_SourceParams):
+    source: Literal["synthetic", "chestxray14", "chexpert", "csv", "image_folder"] = "synthetic"
+
+
+class VqaSourceParams(_SourceParams):
+    source: Literal["synthetic", "vqa_rad", "slake", "csv"] = "synthetic"
+
+
 class DataParams(_Section):
-    source: Literal["synthetic"] = "synthetic"
     image_size: int = Field(64, ge=16, le=512)
+    # Sizes of the built-in synthetic generator (used by the tasks whose source is synthetic).
     pretrain_train: int = Field(3000, ge=8, description="pre-training image-caption pairs")
     pretrain_val: int = Field(500, ge=8, description="held-out pairs for retrieval recall")
     cls_train: int = Field(1200, ge=8, description="in-domain classification training images")
@@ -34,11 +78,45 @@ class DataParams(_Section):
     ood_test: int = Field(600, ge=8, description="out-of-domain (shifted acquisition) test images")
     vqa_train: int = Field(800, ge=8, description="VQA training images (several questions each)")
     vqa_test: int = Field(300, ge=8, description="VQA test images")
+    # Real data sets (README: preparing real data sets).
+    pretrain: PretrainSourceParams = PretrainSourceParams()
+    cls_id: ClassificationSourceParams = ClassificationSourceParams()
+    cls_ood: ClassificationSourceParams = ClassificationSourceParams()
+    vqa: VqaSourceParams = VqaSourceParams()
+    labels: list[str] = Field(
+        default_factory=list,
+        description="classes of cls_id and cls_ood, in index order; []: the synthetic set or the labels cls_id has")
+    multi_finding: Literal["single", "priority"] = Field(
+        "single", description="multi-label sources: keep single-finding images, or take the first of `labels` shown")
+    uncertain: Literal["exclude", "negative", "positive"] = Field(
+        "exclude", description="CheXpert -1.0 labels: leave the image out, or read the finding as absent / present")
+    resize: Literal["crop", "pad", "squash"] = Field(
+        "crop", description="non-square images: centre crop, pad with black, or squash to image_size")
+    workers: int = Field(0, ge=0, description="processes decoding and resizing real images; 0: one per CPU")
+
+    @model_validator(mode="after")
+    def _labels_fit_the_policy(self):
+        if len(set(self.labels)) != len(self.labels) or any(not label.strip() for label in self.labels):
+            raise ValueError(f"labels must be distinct, non-empty class names (got {self.labels})")
+        if self.labels and len(self.labels) < 2:
+            raise ValueError("labels needs two or more classes (or [] to take them from the data)")
+        if self.multi_finding == "priority" and not self.labels:
+            raise ValueError("multi_finding 'priority' picks the first of `labels` an image shows: set labels")
+        return self
+
+    def sources(self) -> dict[str, _SourceParams]:
+        """Each manifest kind and where its data comes from."""
+        return {"pretrain": self.pretrain, "cls_id": self.cls_id, "cls_ood": self.cls_ood, "vqa": self.vqa}
 
 
 class ModelParams(_Section):
     name: str = Field("medvlm-tiny-rn", min_length=1, description="open_clip model config name")
-    init: Literal["scratch"] = "scratch"
+    init: str = Field(
+        "scratch", min_length=1,
+        description="scratch | an open_clip pretrained tag of `name` | hf-hub:<id> | a local .safetensors checkpoint")
+
+    def is_scratch(self) -> bool:
+        return self.init == "scratch"
 
 
 class TrainParams(_Section):
@@ -57,6 +135,12 @@ class TrainParams(_Section):
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): "
                              "each training process takes an equal slice of the global batch")
         return self
+
+
+class SurrogateParams(TrainParams):
+    """The attacks' target. 0 epochs keeps the initial model as it is: only with pretrained `model.init`."""
+
+    epochs: int = Field(ge=0)
 
 
 class ImageAttackParams(_Section):
@@ -163,10 +247,10 @@ class RobustnessParams(_Section):
     steps: int = Field(10, ge=1)
     step_fraction: float = Field(0.25, gt=0, le=1, description="PGD step size as a fraction of ε")
     random_start: bool = True
-    n_images: int = Field(128, ge=1, description="seeded subset of each test set that is attacked")
-    batch_size: int = Field(128, ge=1)
+    n_images: int = Field(100, ge=1, description="seeded subset of each test set that is attacked")
+    batch_size: int = Field(100, ge=1)
     check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check")
-    check_images: int = Field(32, ge=1, description="first images of the subset the check attacks")
+    check_images: int = Field(16, ge=1, description="first images of the subset the check attacks")
     check_eps_255: float = Field(2.0, description="ε of the convergence check; one of eps_255")
 
     @field_validator("eps_255")
@@ -208,12 +292,19 @@ class Params(_Section):
     noise_kind: Literal["adversarial", "random"] = "adversarial"
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
-    surrogate: TrainParams = TrainParams(epochs=6)
+    surrogate: SurrogateParams = SurrogateParams(epochs=6)
     attack: AttackParams = AttackParams()
     pretrain: TrainParams = TrainParams(epochs=8)
     features: FeatureParams = FeatureParams()
     heads: HeadParams = HeadParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _untrained_surrogate_needs_weights(self):
+        if self.surrogate.epochs == 0 and self.model.is_scratch():
+            raise ValueError("surrogate.epochs: 0 keeps the initial model as the surrogate, which needs pretrained "
+                             "weights; model.init is 'scratch' (set surrogate.epochs >= 1 or a pretrained init)")
+        return self
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -235,9 +326,10 @@ def _format_error(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(Params, loc))
         return f"{key}: unknown key; allowed keys here: {allowed}"
-    got = error.get("input")
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {got!r})"
+    if not loc:  # a rule across sections: its message names the keys
+        return message
+    return f"{key}: {message} (got {error.get('input')!r})"
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -1,7 +1,9 @@
-"""The `download` stage: turn the data source into manifests plus pre-resized images under `data/raw/`.
+"""The `download` stage: turn each task's data source into manifests plus pre-resized images under `data/raw/`.
 
-The only source so far is the built-in synthetic generator (no real data set can be fetched offline).
-Everything is written into a temporary folder that replaces `out` only when the whole set is complete.
+Each manifest kind (pretrain, cls_id, cls_ood, vqa) comes from the built-in synthetic generator or from a
+real data set (`params.data.<kind>.source`; `medvlm.data.real`). Real sources are read and checked first,
+all of them, before any image is decoded. Everything is written into a temporary folder that replaces `out`
+only when the whole set is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medvlm.data.manifest import COLUMNS, META_FILE, save_png, write_manifest
+from medvlm.data.real import CLASSIFICATION, RealTask, read_task, write_task
 from medvlm.data.synthetic import SyntheticBatch, generate_split, split_specs
 from medvlm.data.synthetic_cases import LABELS
 from medvlm.data.synthetic_images import IN_DOMAIN, OUT_OF_DOMAIN
@@ -24,6 +27,8 @@ from medvlm.params import Params
 from medvlm.runtime import log
 
 IMAGE_DIR = "images"
+DOWNLOAD_CACHE = Path("downloads")
+"""Where archives of sources given by URL are fetched and extracted (outside data/, git-ignored)."""
 LATERALITY_NOTE = "sides are the patient's; the patient's left is on the viewer's right; images are never flipped"
 
 
@@ -50,22 +55,18 @@ def _rows(batch: SyntheticBatch, index: int, base: dict[str, str]) -> list[dict[
     return [{**base, "label": case.finding}]
 
 
-def download_stage(*, params: Params, out: Path, data_root: Path | None = None) -> dict[str, Any]:
-    """Generate the synthetic data set into `out` (default data root: `out.parent`); return meta.json's content."""
-    out = Path(out)
-    data_root = Path(data_root) if data_root is not None else out.parent
-    prefix = _prefix_inside(out, data_root)
-    specs = split_specs(params.data)
+def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
+               rows: dict[str, list[dict[str, str]]], counts: dict[str, dict[str, int]]) -> None:
+    """Render the synthetic splits of `kinds` into `tmp`, adding their manifest rows and counts."""
+    specs = [spec for spec in split_specs(params.data) if spec.kind in kinds]
     images_per_kind: dict[str, int] = defaultdict(int)
-    for spec in specs:
+    for spec in split_specs(params.data):  # all kinds: the id width must not depend on which are synthetic
         images_per_kind[spec.kind] += spec.count
     id_width = max(6, len(str(max(images_per_kind.values()) - 1)))
-    rows: dict[str, list[dict[str, str]]] = defaultdict(list)
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
     next_id: dict[str, int] = defaultdict(int)
-    total = sum(images_per_kind.values())
+    total = sum(spec.count for spec in specs)
     started = time.perf_counter()
-    with atomic_dir(out) as tmp, tqdm(total=total, unit="img", desc="download (synthetic)") as progress:
+    with tqdm(total=total, unit="img", desc="download (synthetic)") as progress:
         for spec in specs:
             rows_before = len(rows[spec.kind])
             for batch in generate_split(spec, params.seed, params.data.image_size):
@@ -80,20 +81,76 @@ def download_stage(*, params: Params, out: Path, data_root: Path | None = None) 
             counts[spec.kind][spec.split] = spec.count
             if spec.questions:
                 counts["vqa_questions"][spec.split] = len(rows[spec.kind]) - rows_before
-        for kind, kind_rows in rows.items():
-            frame = pd.DataFrame(kind_rows)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    log.info("download: %d synthetic images in %.1f s (%.0f images/s)", total, elapsed, total / elapsed)
+
+
+def _read_real(params: Params, real: list[str], cache: Path) -> tuple[dict[str, RealTask], list[str]]:
+    """Read and check every real task; return them and the class names of cls_id/cls_ood."""
+    data = params.data
+    labels = list(data.labels)
+    if not labels and data.cls_id.source == "synthetic":
+        labels = list(LABELS)
+    tasks = {}
+    for kind in real:  # in COLUMNS order: cls_id, whose labels may set the class list, before cls_ood
+        tasks[kind] = read_task(kind, data=data, labels=labels, seed=params.seed, cache=cache)
+        if kind == "cls_id" and not labels:
+            labels = sorted(set(tasks[kind].frame["label"]))
+            if len(labels) < 2:
+                raise DataError(f"{tasks[kind].where}: cls_id has {len(labels)} class(es) {labels}; a classifier "
+                                "needs two or more")
+    return tasks, labels
+
+
+def download_stage(*, params: Params, out: Path, data_root: Path | None = None,
+                   cache: Path = DOWNLOAD_CACHE) -> dict[str, Any]:
+    """Write every task's manifest and images into `out` (default data root: `out.parent`); return meta.json's
+    content. Sources given by URL are fetched into `cache` first."""
+    out = Path(out)
+    data_root = Path(data_root) if data_root is not None else out.parent
+    prefix = _prefix_inside(out, data_root)
+    sources = {kind: settings.source for kind, settings in params.data.sources().items()}
+    synthetic = {kind for kind, source in sources.items() if source == "synthetic"}
+    real = [kind for kind in COLUMNS if kind not in synthetic]
+    tasks, labels = _read_real(params, real, Path(cache))
+    rows: dict[str, list[dict[str, str]]] = defaultdict(list)
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    with atomic_dir(out) as tmp:
+        frames: dict[str, pd.DataFrame] = {}
+        if synthetic:
+            _synthetic(params, synthetic, tmp, prefix, rows, counts)
+            frames = {kind: pd.DataFrame(kind_rows) for kind, kind_rows in rows.items()}
+            for kind in synthetic & set(CLASSIFICATION):
+                _check_known_labels(frames[kind], labels, kind)
+        for kind, task in tasks.items():
+            frames[kind] = write_task(task, out=tmp, prefix=prefix, image_dir=IMAGE_DIR, data=params.data)
+            counts[kind] = {split: int(task.frame.loc[task.frame["split"] == split, "file"].nunique())
+                            for split in sorted(set(task.frame["split"]))}
+            if kind == "vqa":
+                counts["vqa_questions"] = frames[kind].groupby("split").size().to_dict()
+        for kind in (kind for kind in COLUMNS if kind in frames):
+            frame = frames[kind]
             extra = [column for column in frame.columns if column not in COLUMNS[kind]]
             write_manifest(frame[[*COLUMNS[kind], *extra]], tmp, kind)
         meta = {
-            "source": "synthetic",
+            "source": "synthetic" if not tasks else sources,
             "seed": params.seed,
             "image_size": params.data.image_size,
-            "labels": list(LABELS),
+            "labels": labels,
             "counts": dict(counts),
             "laterality": LATERALITY_NOTE,
-            "acquisition": {"in_domain": IN_DOMAIN.describe(), "out_of_domain": OUT_OF_DOMAIN.describe()},
         }
+        if synthetic:
+            meta["acquisition"] = {"in_domain": IN_DOMAIN.describe(), "out_of_domain": OUT_OF_DOMAIN.describe()}
+        if tasks:
+            meta["real"] = {kind: {"source": task.source, "from": task.where, "resize": params.data.resize,
+                                   "left_out": dict(task.dropped)} for kind, task in tasks.items()}
         write_json(tmp / META_FILE, meta)
-    elapsed = time.perf_counter() - started
-    log.info("download: %d synthetic images in %.1f s (%.0f images/s) -> %s", total, elapsed, total / elapsed, out)
+    log.info("download: wrote %s to %s", ", ".join(f"{kind} ({source})" for kind, source in sources.items()), out)
     return meta
+
+
+def _check_known_labels(frame: pd.DataFrame, labels: list[str], kind: str) -> None:
+    unknown = sorted(set(frame["label"]) - set(labels))
+    if unknown:
+        raise DataError(f"data.labels {labels} lacks the synthetic {kind} classes {unknown}")

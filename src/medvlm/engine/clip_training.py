@@ -34,8 +34,9 @@ from medvlm.engine.distributed import (
 )
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
 from medvlm.io import DataError, read_json, write_json
-from medvlm.models.clip import MedClip, create_clip, save_clip
-from medvlm.params import Params, ParamsError, TrainParams
+from medvlm.models.clip import MedClip, save_clip
+from medvlm.models.pretrained import initial_clip
+from medvlm.params import Params, TrainParams
 from medvlm.runtime import check_finite, enable_fast_cuda_math, log, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -232,10 +233,7 @@ def _train_and_write(
     if val_pairs.images.shape[-2:] != train_pairs.images.shape[-2:]:
         raise DataError(f"{data}: val images are {tuple(val_pairs.images.shape[-2:])}, "
                         f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
-    try:
-        clip = create_clip(params.model.name, image_size, device)
-    except ValueError as exc:  # unknown model config: a params problem, reported as one
-        raise ParamsError(str(exc)) from None
+    clip = initial_clip(params.model, image_size, device)
 
     with main_rank_dirs(workers, out, live) as (model_dir, live_dir):
         with main_rank_live(live_dir) as logger:

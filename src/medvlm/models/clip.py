@@ -17,6 +17,8 @@ from medvlm.io import DataError, load_tensors, read_json, save_tensors, write_js
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "clip.json"
+HF_HUB = "hf-hub:"
+"""open_clip's prefix for models whose config and weights live on the Hugging Face hub."""
 
 _registered = False
 
@@ -78,14 +80,16 @@ class MedClip(nn.Module):
 
 
 def create_clip(model_name: str, image_size: int, device: torch.device | str = "cpu") -> MedClip:
-    """A randomly initialised CLIP from a registered open_clip config, at the data's image size."""
+    """A randomly initialised CLIP from a registered open_clip config (or an `hf-hub:` model's config, from
+    open_clip's cache), at the data's image size. No pretrained weights are fetched: callers load their own."""
     register_model_configs()
-    if model_name not in open_clip.list_models():
+    if not model_name.startswith(HF_HUB) and model_name not in open_clip.list_models():
         raise ValueError(
             f"model.name: unknown open_clip model config {model_name!r}; "
             f"shipped configs: {sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json'))}"
         )
-    model = open_clip.create_model(model_name, pretrained=None, force_image_size=image_size, device=device)
+    model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False,
+                                   force_image_size=image_size, device=device)
     tokenizer = open_clip.get_tokenizer(model_name)
     return MedClip(model, tokenizer, model_name, image_size).to(device)
 
@@ -95,7 +99,11 @@ def save_clip(clip: MedClip, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(out_dir / WEIGHTS_FILE, clip.clip.state_dict())
-    write_json(out_dir / CONFIG_FILE, {"model_name": clip.model_name, "image_size": clip.image_size})
+    # The pixel mean/std are the pretrained model's (open_clip's defaults for scratch models): stored so a
+    # reloaded model normalises as it was trained without asking open_clip's pretrained registry again.
+    write_json(out_dir / CONFIG_FILE, {"model_name": clip.model_name, "image_size": clip.image_size,
+                                       "pixel_mean": clip.pixel_mean.flatten().tolist(),
+                                       "pixel_std": clip.pixel_std.flatten().tolist()})
 
 
 def load_clip(model_dir: str | Path, device: torch.device | str = "cpu") -> MedClip:
@@ -103,6 +111,9 @@ def load_clip(model_dir: str | Path, device: torch.device | str = "cpu") -> MedC
     model_dir = Path(model_dir)
     config = read_json(model_dir / CONFIG_FILE)
     clip = create_clip(config["model_name"], int(config["image_size"]), device="cpu")
+    for name in ("pixel_mean", "pixel_std"):
+        if name in config:  # folders saved before the statistics were stored use open_clip's defaults
+            getattr(clip, name).copy_(torch.tensor(config[name]).view(1, 3, 1, 1))
     state = load_tensors(model_dir / WEIGHTS_FILE)
     try:
         clip.clip.load_state_dict(state, strict=True)

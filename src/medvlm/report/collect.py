@@ -1,8 +1,8 @@
 """Collect the params and metrics of finished runs: DVC experiments (`dvc exp show --json`) or git revisions.
 
-A run is one row group of the report: its params (params.yaml) and its metrics files by path, as DVC
-reports them. Git revisions are read with `git show <rev>:<file>`, which works because the metrics files
-are committed (cache: false) and params.yaml is tracked.
+A run is one row group of the report: its params (params.yaml) and its metrics files by path. Both are
+read with `git show <commit>:<file>` from the run's commit (a DVC experiment is a git commit too), which
+works because the metrics files are committed (cache: false) and params.yaml is tracked.
 """
 
 from __future__ import annotations
@@ -54,41 +54,37 @@ def _command(repo: Path, *args: str) -> str:
     return result.stdout
 
 
-def _run_from_exp_entry(entry: dict[str, Any], name: str) -> Run | None:
+def _finished(entry: dict[str, Any]) -> bool:
     data = entry.get("data") or {}
-    if entry.get("error") or not data.get("metrics"):
-        return None  # failed or still queued
-    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-    metrics = {path: content.get("data") for path, content in data["metrics"].items() if content.get("data")}
-    if not params or EVALUATE_METRICS not in metrics:
-        return None
-    return Run(name=name, rev=entry["rev"], params=params, metrics=metrics)
+    return not entry.get("error") and EVALUATE_METRICS in (data.get("metrics") or {})
 
 
 def runs_from_experiments(repo: Path, names: Sequence[str] = (), include_baseline: bool = False,
                           all_commits: bool = False) -> list[Run]:
     """Finished experiments of the HEAD commit (of every commit with `all_commits`) as `dvc exp show --json`
-    lists them, optionally only those in `names`; plus the baseline commits when `include_baseline`."""
+    lists them, optionally only those in `names`; plus the baseline commits when `include_baseline`.
+
+    `dvc exp show` only names the runs: their params and metrics are read from each experiment's git commit,
+    because its JSON drops list values such as the bootstrap intervals.
+    """
     shown = json.loads(_command(repo, "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])))
-    runs: list[Run] = []
+    found: list[tuple[str, str]] = []
     for baseline in shown:
         if baseline.get("rev") == "workspace":
             continue
-        if include_baseline:
-            run = _run_from_exp_entry(baseline, baseline.get("name") or baseline["rev"][:7])
-            runs += [run] if run else []
+        if include_baseline and _finished(baseline):
+            found.append((baseline.get("name") or baseline["rev"][:7], baseline["rev"]))
         for group in baseline.get("experiments") or []:
-            for entry in group.get("revs") or []:
-                run = _run_from_exp_entry(entry, entry.get("name") or entry["rev"][:7])
-                runs += [run] if run else []
+            found += [(entry.get("name") or entry["rev"][:7], entry["rev"])
+                      for entry in group.get("revs") or [] if _finished(entry)]
     if names:
-        missing = sorted(set(names) - {run.name for run in runs})
+        missing = sorted(set(names) - {name for name, _ in found})
         if missing:
-            raise ReportError(f"no finished experiment named {missing}; found {sorted(run.name for run in runs)}")
-        runs = [run for run in runs if run.name in names]
-    if not runs:
+            raise ReportError(f"no finished experiment named {missing}; found {sorted(name for name, _ in found)}")
+        found = [(name, rev) for name, rev in found if name in names]
+    if not found:
         raise ReportError(f"{repo}: no finished experiment with {EVALUATE_METRICS} (run the sweep first)")
-    return runs
+    return [_run_at(repo, name, rev) for name, rev in found]
 
 
 def _show(repo: Path, rev: str, path: str) -> str | None:
@@ -96,26 +92,27 @@ def _show(repo: Path, rev: str, path: str) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
+def _run_at(repo: Path, name: str, sha: str) -> Run:
+    """The params and metrics files committed at `sha`."""
+    params_text = _show(repo, sha, "params.yaml")
+    if params_text is None:
+        raise ReportError(f"{name} ({sha[:7]}) has no params.yaml")
+    metrics = {}
+    for path in _command(repo, "git", "ls-tree", "-r", "--name-only", sha, "metrics").split():
+        if path.endswith(".json"):
+            try:
+                metrics[path] = json.loads(_show(repo, sha, path) or "")
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"{name} ({sha[:7]}): {path} is not valid JSON ({exc})") from None
+    run = Run(name=name, rev=sha, params=yaml.safe_load(params_text), metrics=metrics)
+    run.evaluation()  # fails clearly when the run has no evaluation
+    return run
+
+
 def runs_from_revisions(repo: Path, revisions: Sequence[str]) -> list[Run]:
     """One run per git revision (branch, tag or commit), read from its committed params and metrics."""
-    runs = []
-    for rev in revisions:
-        sha = _command(repo, "git", "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
-        params_text = _show(repo, sha, "params.yaml")
-        if params_text is None:
-            raise ReportError(f"revision {rev} has no params.yaml")
-        listing = _command(repo, "git", "ls-tree", "-r", "--name-only", sha, "metrics").split()
-        metrics = {}
-        for path in listing:
-            if path.endswith(".json"):
-                try:
-                    metrics[path] = json.loads(_show(repo, sha, path) or "")
-                except json.JSONDecodeError as exc:
-                    raise ReportError(f"revision {rev}: {path} is not valid JSON ({exc})") from None
-        run = Run(name=rev, rev=sha, params=yaml.safe_load(params_text), metrics=metrics)
-        run.evaluation()  # fails clearly when the revision has no evaluation
-        runs.append(run)
-    return runs
+    return [_run_at(repo, rev, _command(repo, "git", "rev-parse", "--verify", f"{rev}^{{commit}}").strip())
+            for rev in revisions]
 
 
 def check_distinct_noise_ratios(runs: Sequence[Run]) -> list[Run]:
