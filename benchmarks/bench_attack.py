@@ -11,6 +11,7 @@ on PYTHONPATH for this script only; without it the script says so and skips the 
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -76,12 +77,14 @@ def main(
     step_255: float = typer.Option(0.5, help="step in 1/255 units"),
     repeats: int = typer.Option(5, help="timed calls per implementation (median reported)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    json_out: Path = typer.Option(None, "--json", help="write the results here as JSON"),
 ) -> None:
     try:
         import torchattacks
     except ImportError:
         typer.echo("skipped: torchattacks is not importable. `make bench` installs it with --no-deps into "
                    ".bench-site/; or run PYTHONPATH=<folder with torchattacks> python benchmarks/bench_attack.py")
+        _write_json(json_out, {"benchmark": "attack", "skipped": "torchattacks is not importable"})
         raise typer.Exit(0) from None
     target = resolve_device(device)
     torch.manual_seed(0)
@@ -111,6 +114,15 @@ def main(
     typer.echo(f"medvlm pgd_linf     {batch / ours_s:8.1f} img/s")
     typer.echo(f"torchattacks PGD    {batch / theirs_s:8.1f} img/s   (torchattacks {torchattacks.__version__})")
     typer.echo(f"throughput ratio (ours / torchattacks): {theirs_s / ours_s:.3f}")
+    _write_json(json_out, {"benchmark": "attack", "device": str(target), "batch": batch, "steps": steps,
+                           "ours_img_per_s": batch / ours_s, "torchattacks_img_per_s": batch / theirs_s,
+                           "ratio": theirs_s / ours_s, "max_abs_diff_255": agreement})
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ run to run, hence the repeats.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -65,6 +66,7 @@ def main(
     repeats: int = typer.Option(1, min=1, help="timed runs per method (best and median are reported)"),
     params: Path = typer.Option(Path("params.yaml"), help="params file with the heads.<method> settings"),
     seed: int = typer.Option(0, help="seed of the synthetic data and the heads"),
+    json_out: Path = typer.Option(None, "--json", help="write the results here as JSON"),
 ) -> None:
     unknown = sorted(set(methods) - set(HEADS))
     if unknown:
@@ -88,6 +90,13 @@ def main(
         ratio = f"{best / budget:.2f}" if budget else "-"
         print(f"{method:<8} {section.epochs:>6} {section.batch_size:>5} {best:>8.2f} {median:>9.2f} "
               f"{budget if budget else '-':>9} {ratio:>12}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({
+            "benchmark": "heads", "n": n, "dim": dim,
+            "methods": {method: {"best_s": best, "median_s": median, "budget_s": BUDGET_SECONDS.get(method)}
+                        for method, best, median in rows},
+        }, indent=2))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,14 @@ class TrainParams(_Section):
     warmup_steps: int = Field(50, ge=0)
     checkpoint_every: int = Field(
         50, ge=0, description="optimizer steps between checkpoints in checkpoints/<stage>/ (0: only on SIGINT/SIGTERM)")
+    nproc: int = Field(1, ge=1, le=1024, description="training processes (one per GPU); > 1 launches torchrun")
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> "TrainParams":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): "
+                             "each training process takes an equal slice of the global batch")
+        return self
 
 
 class SurrogateParams(TrainParams):

@@ -40,6 +40,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def enable_fast_cuda_math(device: torch.device) -> None:
+    """On CUDA: TF32 for float32 matmuls and convolutions, and cuDNN's autotuner (inputs have one size).
+
+    TF32 keeps float32 range with a 10-bit mantissa (what bf16 autocast leaves in float32: losses, norms);
+    open_clip's own trainer turns on the same flags. Nothing changes on the CPU, the default.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
 class TrainingError(RuntimeError):
     """A computation went wrong in a way the user must hear about (a NaN or infinite loss or feature, say)."""
 

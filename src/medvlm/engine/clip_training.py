@@ -2,7 +2,8 @@
 
 Both stages run the same loop (open_clip's ClipLoss, AdamW, linear warm-up then cosine decay, logit-scale
 clamp), differing only in their data folder and their `TrainParams` section. Held-out retrieval recall on
-the clean `val` split is measured after every epoch.
+the clean `val` split is measured after every epoch. With `nproc` > 1 the loop runs as torchrun workers
+(distributed.py); batches come from the in-memory uint8 images (device_input.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,23 @@ from medvlm.data.manifest import to_pixels
 from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
 from medvlm.engine import checkpoint
 from medvlm.engine.checkpoint import TrainingCheckpoints, TrainingPosition, training_fingerprint
+from medvlm.engine.device_input import device_batches
+from medvlm.engine.distributed import (
+    Workers,
+    join_workers,
+    launched_by_torchrun,
+    leave_workers,
+    main_rank_dirs,
+    main_rank_live,
+    relaunch_under_torchrun,
+)
 from medvlm.eval.retrieval import chance_recall, retrieval_recall
-from medvlm.io import DataError, atomic_dir, write_json
+from medvlm.io import DataError, read_json, write_json
 from medvlm.models import clip as clip_module
 from medvlm.models.clip import MedClip, save_clip
 from medvlm.models.pretrained import initial_clip
 from medvlm.params import Params, TrainParams
-from medvlm.runtime import check_finite, log, resolve_device, seed_everything
+from medvlm.runtime import check_finite, enable_fast_cuda_math, log, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100)
 """open_clip's trainer clamps the learned temperature at ln(100), as the original CLIP paper does."""
@@ -43,6 +54,8 @@ class TrainingResult:
     """Mean training loss of each epoch."""
     val_retrieval: dict[str, float]
     """Retrieval recall on the validation pairs after the last epoch."""
+    samples_per_second: list[float]
+    """Training throughput of each epoch (pairs of the global batch per second, validation excluded)."""
 
 
 def _skips_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -76,18 +89,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of range(n) cut into batches; a last batch of one pair is dropped (no negatives)."""
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, processes: int = 1) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches; a last batch of one pair is dropped (no negatives).
+
+    With several `processes` the last batch is cut to a multiple of their number (each takes an equal slice).
+    """
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if batches and len(batches[-1]) < 2:
-        batches.pop()
+    if batches:
+        batches[-1] = batches[-1][:len(batches[-1]) - len(batches[-1]) % processes]
+        if len(batches[-1]) < max(2, processes):
+            batches.pop()
     return batches
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
+def steps_per_epoch(n: int, batch_size: int, processes: int = 1) -> int:
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 else 0)
+    return full + (1 if rest - rest % processes >= max(2, processes) else 0)
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -121,18 +139,22 @@ def train_clip(
     live: Live,
     name: str = "clip",
     checkpoints: TrainingCheckpoints | None = None,
+    workers: Workers = Workers(),
 ) -> TrainingResult:
     """Train `clip` in place; log per-step loss/lr/logit scale and per-epoch val recall to `live`.
 
     With `checkpoints`, training continues from its checkpoint when there is one and saves new ones as it
-    goes (`medvlm.engine.checkpoint`)."""
+    goes (`medvlm.engine.checkpoint`). With several `workers` (torchrun), each trains on its slice of every
+    global batch (distributed.py).
+    """
     if len(train_pairs) < 2:
         raise DataError(f"contrastive training needs at least 2 training pairs, got {len(train_pairs)}")
     device = clip.device
     n_train = len(train_pairs)
-    total_steps = train.epochs * steps_per_epoch(n_train, train.batch_size)
+    total_steps = train.epochs * steps_per_epoch(n_train, train.batch_size, workers.world_size)
     tokens = clip.tokenize(train_pairs.captions)  # tokenized once, indexed per batch
-    loss_fn = ClipLoss()
+    loss_fn = ClipLoss(**workers.clip_loss_options())
+    model = workers.wrap(clip, device)
     optimizer = build_optimizer(clip, train)
     scheduler = build_scheduler(optimizer, train.warmup_steps, total_steps)
     log.info("%s: %d training pairs, %d epochs, %d steps, batch %d, on %s",
@@ -142,27 +164,28 @@ def train_clip(
                 if checkpoints is not None else TrainingPosition())
     step, step_losses = position.step, position.step_losses
     live.step = step
-    per_epoch = steps_per_epoch(n_train, train.batch_size)
+    per_epoch = steps_per_epoch(n_train, train.batch_size, workers.world_size)
     epoch_losses = [sum(step_losses[e * per_epoch:(e + 1) * per_epoch]) / per_epoch for e in range(position.epoch - 1)]
     val_retrieval: dict[str, float] = {}
+    samples_per_second: list[float] = []
     for epoch in range(position.epoch, train.epochs + 1):
         clip.train()
         if epoch == position.epoch and position.order is not None:  # resumed mid-epoch: its drawn order
             batches, first = list(position.order.split(train.batch_size)), position.next_batch
         else:
-            batches, first = epoch_batches(n_train, train.batch_size, generator), 0
+            batches, first = epoch_batches(n_train, train.batch_size, generator, workers.world_size), 0
         order = torch.cat(batches)
         epoch_start = time.perf_counter()
         seen = 0
         progress = tqdm(range(first, len(batches)), desc=f"{name} epoch {epoch}/{train.epochs}", unit="batch",
-                        dynamic_ncols=True, initial=first, total=len(batches))
-        for batch_number in progress:
-            index = batches[batch_number]
-            pixels = to_pixels(train_pairs.images[index].to(device, non_blocking=True))
-            batch_tokens = tokens[index.to(device, non_blocking=True)]
+                        dynamic_ncols=True, initial=first, total=len(batches), disable=not workers.is_main)
+        local_batches = device_batches(train_pairs.images, tokens, [workers.shard(b) for b in batches[first:]],
+                                       device)
+        for batch_number, (pixels, batch_tokens) in zip(progress, local_batches):
             with _autocast(device):
-                loss = loss_fn(clip.encode_pixels(pixels), clip.encode_tokens(batch_tokens), clip.logit_scale())
-            check_finite(loss, f"{name}: contrastive loss", step)
+                loss = loss_fn(*model(pixels, batch_tokens))
+            logged_loss = workers.mean(loss)  # the global batch's loss; a NaN on any rank stops every rank
+            check_finite(logged_loss, f"{name}: contrastive loss", step)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -170,9 +193,9 @@ def train_clip(
             scheduler.step()
             with torch.no_grad():
                 clip.clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-            loss_value = loss.item()
+            loss_value = logged_loss.item()
             step_losses.append(loss_value)
-            seen += len(index)
+            seen += len(batches[batch_number])
             live.log_metric("train/loss", loss_value)
             live.log_metric("train/lr", lr)
             live.log_metric("train/logit_scale", clip.logit_scale().item())
@@ -182,6 +205,7 @@ def train_clip(
             if checkpoints is not None:
                 checkpoints.poll(TrainingPosition(step, epoch, batch_number + 1, order, step_losses), Path(live.dir))
         seconds = time.perf_counter() - epoch_start
+        samples_per_second.append(seen / seconds)
         epoch_losses.append(sum(step_losses[-len(batches):]) / len(batches))
 
         val_retrieval = retrieval_recall(*embed_pairs(clip, val_pairs, train.batch_size))
@@ -191,7 +215,8 @@ def train_clip(
                  epoch_losses[-1], seen / seconds, ", ".join(f"{k} {v:.3f}" for k, v in val_retrieval.items()))
         if checkpoints is not None:
             checkpoints.poll(TrainingPosition(step, epoch + 1, 0, None, step_losses), Path(live.dir))
-    return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval)
+    return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval,
+                          samples_per_second=samples_per_second)
 
 
 def _run_training_stage(
@@ -199,8 +224,27 @@ def _run_training_stage(
     checkpoints: Path | None,
 ) -> dict:
     """Load pairs from `data`, train a fresh CLIP (or continue from the checkpoint in `checkpoints`), write
-    the model folder, the DVCLive folder and metrics."""
-    device = resolve_device(params.device)
+    the model folder, the DVCLive folder and metrics.
+
+    With `nproc` > 1 outside torchrun, re-runs the stage script as that many torchrun workers instead.
+    """
+    if train.nproc > 1 and not launched_by_torchrun():
+        relaunch_under_torchrun(train.nproc)
+        return read_json(metrics)
+    workers, device = join_workers(resolve_device(params.device), batch_size=train.batch_size, section=name)
+    try:
+        return _train_and_write(params=params, train=train, name=name, data=data, out=out, live=live,
+                                metrics=metrics, data_root=data_root, checkpoints=checkpoints, workers=workers,
+                                device=device)
+    finally:
+        leave_workers(workers)
+
+
+def _train_and_write(
+    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path,
+    data_root: Path, checkpoints: Path | None, workers: Workers, device: torch.device,
+) -> dict:
+    enable_fast_cuda_math(device)
     generator = seed_everything(params.seed)
     train_pairs = load_pairs(data, data_root, "train")
     val_pairs = load_pairs(data, data_root, "val")
@@ -213,21 +257,23 @@ def _run_training_stage(
                         f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
     clip = initial_clip(params.model, image_size, device)
 
-    fingerprint = training_fingerprint(
-        stage=name, seed=params.seed, model=params.model.model_dump(mode="json"), image_size=image_size, train=train,
-        device_type=device.type, pairs=(train_pairs, val_pairs),
-        code=(Path(__file__), Path(checkpoint.__file__), Path(clip_module.__file__)))
-    saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name) \
-        if checkpoints is not None else None
+    saver = None
+    if checkpoints is not None and workers.distributed:
+        log.info("%s: resumable checkpoints are written by single-process training only; the %d torchrun "
+                 "processes run without them", name, workers.world_size)
+    elif checkpoints is not None:
+        fingerprint = training_fingerprint(
+            stage=name, seed=params.seed, model=params.model.model_dump(mode="json"), image_size=image_size,
+            train=train, device_type=device.type, pairs=(train_pairs, val_pairs),
+            code=(Path(__file__), Path(checkpoint.__file__), Path(clip_module.__file__)))
+        saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name)
     with contextlib.nullcontext() if saver is None else saver, \
-            atomic_dir(out) as model_dir, atomic_dir(live) as live_dir:
+            main_rank_dirs(workers, out, live) as (model_dir, live_dir):
         if saver is not None:
             saver.restore_live(live_dir)
-        # resume=True: continue the restored curves (an empty folder starts at step 0 either way)
-        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=True) as logger:
+        with main_rank_live(live_dir) as logger:
             result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
-                                generator=generator, live=logger, name=name, checkpoints=saver)
-        save_clip(clip, model_dir)
+                                generator=generator, live=logger, name=name, checkpoints=saver, workers=workers)
         summary = {
             "retrieval": result.val_retrieval,
             "chance": chance_recall(len(val_pairs)),
@@ -237,7 +283,9 @@ def _run_training_stage(
             "n_val": len(val_pairs),
             "epochs": train.epochs,
         }
-        write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
+        if model_dir is not None:  # rank 0 alone writes
+            save_clip(clip, model_dir)
+            write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
     if saver is not None:
         saver.finish()
     return summary

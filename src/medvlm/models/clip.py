@@ -70,6 +70,14 @@ class MedClip(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image and text embeddings and the logit scale: what `ClipLoss` takes.
+
+        A training step calls the model through here so that DistributedDataParallel, which only sees
+        `forward`, synchronises the gradients of both towers.
+        """
+        return self.encode_pixels(pixels), self.encode_tokens(tokens), self.logit_scale()
+
 
 def create_clip(model_name: str, image_size: int, device: torch.device | str = "cpu") -> MedClip:
     """A randomly initialised CLIP from a registered open_clip config (or an `hf-hub:` model's config, from

@@ -1,0 +1,179 @@
+"""Several processes for the contrastive CLIP loop: torchrun + DistributedDataParallel.
+
+The `surrogate` and `pretrain` stages train on `nproc` processes (one per GPU, or CPU processes with gloo)
+when their `nproc` param is above 1: the stage re-executes itself under `torch.distributed.run`
+(`relaunch_under_torchrun`), every worker joins the process group from torchrun's environment
+(`join_workers`), and the loop then
+
+- draws the same seeded global batch on every rank and trains on this rank's contiguous slice of it
+  (`Workers.shard`), so the optimiser sees the same global batch as one process would;
+- computes open_clip's `ClipLoss` with `local_loss` and `gather_with_grad`: each rank scores its own pairs
+  against the gathered features of the whole global batch, and gradients flow back through the gather;
+  DDP's gradient mean over equal slices then equals the one-process gradient of the global batch;
+- logs the loss averaged over ranks, and writes files from rank 0 only.
+
+Batch norm (the ResNet image tower) is synchronised across GPUs; on CPU (gloo) PyTorch has no synchronised
+batch norm, so there each rank normalises with its own slice's statistics (README: several GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from dvclive import Live
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from medvlm.io import atomic_dir
+from medvlm.params import ParamsError
+from medvlm.runtime import TrainingError, log
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets in every worker; `env://` initialisation reads the same variables."""
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, global_batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (whose length is a multiple of world_size).
+
+        Contiguous slices in rank order make the gathered features the global batch in its own order.
+        """
+        size = len(global_batch) // self.world_size
+        return global_batch[self.rank * size:(self.rank + 1) * size]
+
+    def clip_loss_options(self) -> dict:
+        """open_clip `ClipLoss` arguments: feature gathering with gradients when there are several ranks."""
+        if not self.distributed:
+            return {}
+        return {"local_loss": True, "gather_with_grad": True, "rank": self.rank, "world_size": self.world_size}
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DDP around `model` when distributed (batch norm synchronised on GPUs); the model itself otherwise."""
+        if not self.distributed:
+            return model
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            return DistributedDataParallel(model, device_ids=[device])
+        return DistributedDataParallel(model)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over ranks (every rank gets it); the value itself with one process."""
+        if not self.distributed:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def join_workers(device: torch.device, *, batch_size: int, section: str) -> tuple[Workers, torch.device]:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU); one process when not under torchrun.
+
+    Returns this process's `Workers` and its device (`cuda:<LOCAL_RANK>` on GPUs). Non-zero ranks log
+    warnings only, so each message appears once.
+    """
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return Workers(), device
+    workers = Workers(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    if batch_size % workers.world_size:
+        raise ParamsError(f"{section}.batch_size ({batch_size}) must be a multiple of the number of training "
+                          f"processes ({workers.world_size}): each takes an equal slice of the global batch")
+    if device.type == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            raise ParamsError(f"{section}.nproc: process {local_rank} of this machine has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible); use at most one process per GPU")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # open_clip 3.3's ClipLoss gathers with torch.distributed.nn.all_gather (differentiable, what
+    # gather_with_grad needs); torch deprecates it in favour of an API open_clip does not use yet.
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                            category=FutureWarning)
+    # When one worker fails, torchrun stops the others with SIGTERM: exit through Python's unwinding so that
+    # rank 0's atomic output folders are removed rather than left half-written.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if not workers.is_main:
+        log.setLevel(logging.WARNING)
+    log.info("%s: %d training processes (%s backend), global batch %d, %d per process", section,
+             workers.world_size, dist.get_backend(), batch_size, batch_size // workers.world_size)
+    return workers, device
+
+
+def leave_workers(workers: Workers) -> None:
+    if workers.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def relaunch_under_torchrun(nproc: int, argv: Sequence[str] | None = None) -> None:
+    """Run this stage script again as `nproc` torchrun workers on this machine and wait for them.
+
+    `argv` (default: this process's command line) must start with the stage script's path.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).suffix != ".py" or not Path(argv[0]).is_file():
+        raise TrainingError(f"nproc {nproc} > 1 needs the stage to be started as a script "
+                            f"(python stages/<stage>.py ...), not from {argv[:1]}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *argv]
+    log.info("launching %d training processes: %s", nproc, " ".join(command))
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise TrainingError(f"the {nproc} torchrun training processes failed (exit status "
+                            f"{finished.returncode}); their messages are above")
+
+
+class _SilentLive:
+    """What non-zero ranks log to instead of DVCLive: rank 0 alone writes the training curves."""
+
+    def log_metric(self, name: str, value: float) -> None:
+        del name, value
+
+    def next_step(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def main_rank_dirs(workers: Workers, *targets: Path) -> Iterator[tuple[Path | None, ...]]:
+    """`atomic_dir` for each target on rank 0; on the other ranks, None for each and nothing written."""
+    if not workers.is_main:
+        yield tuple(None for _ in targets)
+        return
+    with contextlib.ExitStack() as stack:
+        yield tuple(stack.enter_context(atomic_dir(target)) for target in targets)
+
+
+def main_rank_live(live_dir: Path | None) -> contextlib.AbstractContextManager:
+    """DVCLive writing into `live_dir` on rank 0 (the only rank given a folder); a silent logger elsewhere."""
+    if live_dir is None:
+        return contextlib.nullcontext(_SilentLive())
+    # resume=True: continue curves restored from a checkpoint (an empty folder starts at step 0 either way)
+    return Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=True)
