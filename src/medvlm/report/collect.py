@@ -8,6 +8,7 @@ works because the metrics files are committed (cache: false) and params.yaml is 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ def _command(repo: Path, *args: str) -> str:
 
 
 def _finished(entry: dict[str, Any]) -> bool:
+    """A committed run with an evaluation: not failed, not queued, not still running (those have no commit)."""
     data = entry.get("data") or {}
-    return not entry.get("error") and EVALUATE_METRICS in (data.get("metrics") or {})
+    committed = re.fullmatch(r"[0-9a-f]{40}", entry.get("rev") or "") is not None
+    return committed and not entry.get("error") and EVALUATE_METRICS in (data.get("metrics") or {})
 
 
 def runs_from_experiments(repo: Path, names: Sequence[str] = (), include_baseline: bool = False,
