@@ -71,8 +71,8 @@ def ordering_claim(runs: Sequence[Run], methods: Sequence[str], eps_255: float) 
     order = [method for method in PAPER_ORDER if method in methods]
     if len(order) < 2:
         return ["Fewer than two of the paper's methods were run: the ordering claim cannot be checked."]
-    lines = [f"**{' ≥ '.join(order).upper()}?** Counted per run and task on point estimates (ties, e.g. all at 0, count as holding); mean rank "
-             f"(1 = best) over all of them in brackets."]
+    lines = [f"**{' ≥ '.join(order).upper()}?** Counted per run and task on point estimates (ties, e.g. all "
+             "at 0, count as holding); mean rank (1 = best) over all of them."]
     for label, cell_of in (("clean", lambda run, m, t: clean_cell(run, m, t)),
                            (f"PGD ε={eps_255:g}/255", lambda run, m, t: robust_cell(run, m, t, eps_255))):
         holds, total = 0, 0
