@@ -179,9 +179,9 @@ def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
 
 
 def test_report_from_experiments(pipeline_repo, tmp_path):
-    """Built from two experiments the tests above ran, at distinct noise ratios (0.5, and 0.25 with RAN's w_adv 0)."""
+    """Built from two experiments the tests above ran, at distinct noise ratios (0.5, and 0.25 with caption noise)."""
     out = tmp_path / "reports"
-    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "--name", "tiny", "--exp", "ran-no-adv",
+    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "--name", "tiny", "--exp", "caption-noise",
         "--exp", "ratio-half", "--out", str(out))
     text = (out / "tiny.md").read_text()
     for method in METHODS:

@@ -49,7 +49,10 @@ class Run:
 
 
 def _command(repo: Path, *args: str) -> str:
-    result = subprocess.run(args, cwd=repo, capture_output=True, text=True)
+    try:
+        result = subprocess.run(args, cwd=repo, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ReportError(f"`{args[0]}` is not on PATH (activate the venv: source .venv/bin/activate)") from None
     if result.returncode != 0:
         raise ReportError(f"`{' '.join(args)}` failed in {repo}: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout
