@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ from medvlm.attacks.pgd import pgd_linf, quantize_to_ball, targeted_objective, u
 from medvlm.attacks.selection import draw_candidates, draw_targets, select_perturbed
 from medvlm.data.manifest import load_images, read_manifest
 from medvlm.io import DataError, read_json
+from stage_scripts import stage_app
 
-STAGE_SCRIPT = Path(__file__).resolve().parent.parent / "stages" / "attack.py"
 
 
 # --- PGD ---------------------------------------------------------------------------------------------------
@@ -212,17 +211,6 @@ def test_output_outside_the_data_root_is_refused(tmp_path, surrogate):
                      metrics=tmp_path / "m.json", data_root=tmp_path / "data")
 
 
-def _stage_app():
-    import typer
-
-    spec = importlib.util.spec_from_file_location("attack_stage_script", STAGE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    app = typer.Typer()
-    app.command()(module.main)
-    return app
-
-
 def test_stage_script_runs_and_reports_bad_input_with_exit_2(tmp_path, surrogate):
     data_root = tmp_path / "data"
     build_raw(data_root)
@@ -231,8 +219,8 @@ def test_stage_script_runs_and_reports_bad_input_with_exit_2(tmp_path, surrogate
                            "attack: {batch_size: 8, success_candidates: 4, image: {steps: 2}}\n")
     common = ["--params", str(params_file), "--surrogate", str(surrogate), "--out", str(data_root / "noisy"),
               "--metrics", str(tmp_path / "attack.json"), "--data-root", str(data_root)]
-    ok = CliRunner().invoke(_stage_app(), [*common, "--data", str(data_root / "raw")])
+    ok = CliRunner().invoke(stage_app("attack"), [*common, "--data", str(data_root / "raw")])
     assert ok.exit_code == 0, ok.output
     assert read_json(tmp_path / "attack.json")["pairs_perturbed"] == 2
-    missing = CliRunner().invoke(_stage_app(), [*common, "--data", str(data_root / "absent")])
+    missing = CliRunner().invoke(stage_app("attack"), [*common, "--data", str(data_root / "absent")])
     assert missing.exit_code == 2 and "manifest not found" in missing.output

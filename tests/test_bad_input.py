@@ -10,7 +10,6 @@ end-to-end representatives of each kind (type, range, misspelt key, unknown name
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import shutil
@@ -23,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -38,6 +36,7 @@ from medvlm.eval.robustness import robustness_stage  # noqa: E402
 from medvlm.io import load_tensors, save_tensors, write_json  # noqa: E402
 from medvlm.models.clip import WEIGHTS_FILE, create_clip, save_clip  # noqa: E402
 from medvlm.params import parse_params  # noqa: E402
+from stage_scripts import stage_app
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "unpickled.marker"
@@ -265,15 +264,6 @@ CASES = [
 ]
 
 
-def _stage_command(stage: str) -> typer.Typer:
-    spec = importlib.util.spec_from_file_location(f"stage_{stage}", REPO / "stages" / f"{stage}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    app = typer.Typer()
-    app.command()(module.main)
-    return app
-
-
 def snapshot(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -286,7 +276,7 @@ def run_case(case: Case, template: Path, work: Path) -> tuple[int, str, dict[str
     cwd = Path.cwd()
     os.chdir(work)  # the stage scripts' default paths are relative to the repo root
     try:
-        result = CliRunner().invoke(_stage_command(case.stage), ["--params", "params.yaml", *case.args])
+        result = CliRunner().invoke(stage_app(case.stage), ["--params", "params.yaml", *case.args])
     finally:
         os.chdir(cwd)
     return result.exit_code, result.output, before, snapshot(work)

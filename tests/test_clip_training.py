@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 from dvclive import Live
 from typer.testing import CliRunner
 
@@ -32,6 +30,7 @@ from medvlm.io import DataError, load_tensors, read_json
 from medvlm.models.clip import WEIGHTS_FILE, create_clip, load_clip
 from medvlm.params import Params, TrainParams, parse_params
 from medvlm.runtime import TrainingError, seed_everything
+from stage_scripts import stage_app
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -306,20 +305,11 @@ def test_pretrain_stage_counts_perturbed_pairs_and_refuses_perturbed_val(tmp_pat
     assert not (tmp_path / "clip2").exists() and not (tmp_path / "pretrain2.json").exists()
 
 
-def _stage_app(name: str) -> typer.Typer:
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    app = typer.Typer()
-    app.command()(module.main)
-    return app
-
-
 @pytest.mark.parametrize("stage", ["surrogate", "pretrain"])
 def test_stage_script_reports_missing_manifest(tmp_path, stage):
     params = tmp_path / "params.yaml"
     params.write_text("device: cpu\n")
-    result = CliRunner().invoke(_stage_app(stage), [
+    result = CliRunner().invoke(stage_app(stage), [
         "--params", str(params), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"),
         "--live", str(tmp_path / "l"), "--metrics", str(tmp_path / "m.json"), "--data-root", str(tmp_path),
     ])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from medvlm.params import EvaluateParams, FeatureParams, HeadParams, ParamsError, load_params, parse_params
+from stage_scripts import stage_app
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -114,13 +114,6 @@ def test_missing_and_unparseable_files(tmp_path):
         load_params(scalar)
 
 
-def _stage_main(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 STAGE_OUTPUT_OPTIONS = {
     "download": ["--out", "{tmp}/data/raw"],
     "surrogate": ["--out", "{tmp}/models/surrogate", "--live", "{tmp}/live", "--metrics", "{tmp}/m.json"],
@@ -136,15 +129,11 @@ STAGE_OUTPUT_OPTIONS = {
 @pytest.mark.parametrize("stage", sorted(STAGE_OUTPUT_OPTIONS))
 @pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS[::3], ids=[c[1] for c in BAD_PARAMS[::3]])
 def test_every_stage_refuses_bad_params_before_writing(tmp_path, stage, override, key, rule):
-    import typer
-
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(merged(override)))
     out_dir = tmp_path / "out"
     args = [a.format(tmp=out_dir) for a in STAGE_OUTPUT_OPTIONS[stage]]
-    app = typer.Typer()
-    app.command()(_stage_main(stage))
-    result = CliRunner().invoke(app, ["--params", str(params_file), *args])
+    result = CliRunner().invoke(stage_app(stage), ["--params", str(params_file), *args])
     assert result.exit_code == 2, result.output
     assert f"{key}:" in result.output and rule in result.output
     assert not out_dir.exists(), "a stage wrote output despite invalid params"

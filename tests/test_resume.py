@@ -27,7 +27,8 @@ from medvlm.io import DataError, load_tensors
 from medvlm.models.clip import WEIGHTS_FILE
 from medvlm.params import TrainParams
 
-from test_clip_training import _stage_app, build_pairs, tiny_params
+from stage_scripts import stage_app
+from test_clip_training import build_pairs, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 # 32 train pairs in batches of 8: 4 steps per epoch, 8 in all; a checkpoint every 3 steps.
@@ -43,7 +44,7 @@ def _paths(root: Path) -> dict[str, Path]:
 def _run_cli(workspace: Path, paths: dict[str, Path]):
     """The surrogate stage script, as DVC runs it, on the workspace's data and params."""
     data_root = workspace / "data"
-    return CliRunner().invoke(_stage_app("surrogate"), [
+    return CliRunner().invoke(stage_app("surrogate"), [
         "--params", str(workspace / "params.yaml"), "--data", str(data_root / "raw"), "--data-root", str(data_root),
         *[arg for key, path in paths.items() for arg in (f"--{key}", str(path))]])
 

@@ -104,12 +104,12 @@ def _batched_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.T
     return torch.cat(chunks)
 
 
-def _task_inputs(task_name: str, *, data: Path, features: Path, data_root: Path, rows: torch.Tensor,
-                 image_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(pixels, labels, question embeddings or None, cached clean features) of the subset `rows`."""
+def _task_inputs(task_name: str, *, split: dict[str, torch.Tensor], data: Path, features: Path, data_root: Path,
+                 rows: torch.Tensor, image_dim: int, device: torch.device,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(pixels, labels, question embeddings or None, cached clean features) of the subset `rows` of `split`."""
     task = TEST_TASKS[task_name]
     frame = read_manifest(data, task.manifest, data_root, split="test")
-    split = load_feature_split(features, task.split)
     if len(frame) != len(split["y"]):
         raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but {features}/{task.split}"
                         f".safetensors has {len(split['y'])}; re-run features after download")
@@ -141,9 +141,9 @@ def robustness_stage(*, params: Params, method: str, data: Path, features: Path,
     attacked = 0
     start_time = time.perf_counter()
     for task_index, (task_name, task) in enumerate(TEST_TASKS.items()):
-        n_test = len(load_feature_split(features, task.split)["y"])
-        rows = attack_subset(n_test, robust.n_images, params.seed, task_index)
-        pixels, labels, questions, cached = _task_inputs(task_name, data=data, features=features,
+        split = load_feature_split(features, task.split)
+        rows = attack_subset(len(split["y"]), robust.n_images, params.seed, task_index)
+        pixels, labels, questions, cached = _task_inputs(task_name, split=split, data=data, features=features,
                                                          data_root=data_root, rows=rows, image_dim=image_dim,
                                                          device=device)
         _check_features_match(model, pixels, cached, f"{features}/{task.split}.safetensors")
