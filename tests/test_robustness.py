@@ -10,7 +10,8 @@ import torch
 
 from medvlm.data.cached_features import load_feature_split
 from medvlm.engine.features import features_stage
-from medvlm.eval.robustness import encoder_head_classifier, eps_key, robust_correct, robustness_stage, attack_subset
+from medvlm.eval.robustness import (attack_subset, encoder_head_classifier, eps_key, robust_correct, robustness_stage,
+                                    strong_pgd_check)
 from medvlm.io import DataError, read_json
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.models.clip import create_clip, load_clip, save_clip
@@ -76,6 +77,28 @@ def test_every_iterate_stays_inside_the_eps_ball_and_the_pixel_range():
         assert batch.min() >= 0.0 and batch.max() <= 1.0
 
 
+def test_the_convergence_check_attacks_only_the_survivors_and_never_raises_accuracy():
+    # Class-1 images with offsets on both sides of the analytic threshold ε·‖w‖₁: the stronger PGD fools exactly
+    # those below it, and the images the weak attack already fooled are neither attacked nor counted again.
+    weights = torch.randn(SIZE * SIZE, generator=torch.Generator().manual_seed(7))
+    budget = 2 * weights.abs().sum() / 255
+    offsets = budget * torch.tensor([0.5, 0.9, 1.2, 2.0, 0.5, 3.0])
+    weak = torch.tensor([True, True, True, True, False, False])  # as if PGD-steps had fooled the last two
+    attacked_rows = []
+
+    def classify(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        attacked_rows.append(rows.tolist())
+        return linear_classifier(weights)(batch, offsets[rows])
+
+    robust = Params.model_validate({"evaluate": {"robust": {"eps_255": [2], "steps": 5, "check_steps": 20,
+                                                            "check_eps_255": 2}}}).evaluate.robust
+    strong = strong_pgd_check(classify, torch.full((6, 1, SIZE, SIZE), 0.5), torch.ones(6, dtype=torch.long),
+                              torch.arange(6), weak, robust=robust, generator=torch.Generator().manual_seed(0))
+    assert strong.tolist() == [False, False, True, True, False, False]
+    assert attacked_rows[0] == [0, 1, 2, 3]  # the clean pass of the check sees only the survivors
+    assert not (strong & ~weak).any()
+
+
 def test_attacked_subset_is_seeded_sorted_and_distinct_per_task():
     first = attack_subset(100, 20, seed=0, task_index=0)
     assert torch.equal(first, attack_subset(100, 20, seed=0, task_index=0))
@@ -136,7 +159,7 @@ def test_robustness_stage_clean_row_equals_the_cached_feature_predictions(tiny_r
             assert low <= entry[key]["accuracy"] <= high
         check = entry["convergence"]
         assert (check["n"], check["steps"], check["strong_steps"], check["eps_255"]) == (2, 3, 6, 8)
-        assert check["strong_accuracy"] <= 1.0 and check["accuracy"] <= 1.0
+        assert check["strong_accuracy"] <= check["accuracy"]  # the stronger PGD only re-attacks survivors
 
 
 def test_robustness_classifier_agrees_with_the_features_stage(tiny_run):

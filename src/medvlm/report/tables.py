@@ -96,7 +96,7 @@ def detail_table(runs: Sequence[Run], methods: Sequence[str]) -> str:
 
 
 def robustness_table(runs: Sequence[Run], methods: Sequence[str], radii: Sequence[float]) -> str:
-    """Robust accuracy at every radius, and the convergence check (PGD-steps vs the stronger PGD)."""
+    """Robust accuracy at every radius, and the convergence check (PGD-steps vs PGD-steps then the stronger PGD)."""
     header = ["noise ratio", "method"]
     header += [f"{TASK_TITLES[task]} ε={eps:g}" for task in TEST_TASKS for eps in radii]
     header += [f"{TASK_TITLES[task]} check" for task in TEST_TASKS]
