@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from medvlm.io import DataError, load_tensors, read_json, save_tensors, write_json
+from medvlm.models.text_tower import encode_token_embeddings, runs_from_embeddings, token_embeddings
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,6 +63,8 @@ class MedClip(nn.Module):
         return self.tokenizer(texts).to(self.device)
 
     def encode_tokens(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if runs_from_embeddings(self):  # the used part of the context only (text_tower.py)
+            return encode_token_embeddings(self, token_embeddings(self, tokens), tokens, normalize=normalize)
         return self.clip.encode_text(tokens, normalize=normalize)
 
     def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
