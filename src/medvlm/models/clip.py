@@ -6,6 +6,7 @@ N×3×H×W); mean/std normalisation happens here, so attacks work in plain pixel
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import open_clip
@@ -82,6 +83,15 @@ class MedClip(nn.Module):
         return self.encode_pixels(pixels), self.encode_tokens(tokens), self.logit_scale()
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def create_clip(model_name: str, image_size: int, device: torch.device | str = "cpu") -> MedClip:
     """A randomly initialised CLIP from a registered open_clip config (or an `hf-hub:` model's config, from
     open_clip's cache), at the data's image size. No pretrained weights are fetched: callers load their own."""
@@ -91,8 +101,15 @@ def create_clip(model_name: str, image_size: int, device: torch.device | str = "
             f"model.name: unknown open_clip model config {model_name!r}; "
             f"shipped configs: {sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json'))}"
         )
-    model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False,
-                                   force_image_size=image_size, device=device)
+    # open_clip warns "Model initialized randomly" on the root logger; every caller here either wants that or
+    # loads its weights next, so the warning would only mislead the logs of stages that load trained weights.
+    random_init_warning = _DropMessage("No pretrained weights loaded for model")
+    logging.getLogger().addFilter(random_init_warning)
+    try:
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False,
+                                       force_image_size=image_size, device=device)
+    finally:
+        logging.getLogger().removeFilter(random_init_warning)
     tokenizer = open_clip.get_tokenizer(model_name)
     return MedClip(model, tokenizer, model_name, image_size).to(device)
 
