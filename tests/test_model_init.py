@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 import torch
@@ -98,3 +99,12 @@ def test_surrogate_epochs_0_keeps_the_initial_model(tiny_clip_dir, tmp_path):
                                       out=tmp_path / "trained", live=tmp_path / "live2", metrics=tmp_path / "t.json")
     assert trained_summary["epochs"] == 1  # epochs >= 1: trained from the checkpoint, as before
     assert not all(torch.equal(v, initial[k]) for k, v in load_tensors(tmp_path / "trained" / WEIGHTS_FILE).items())
+
+
+def test_creating_a_model_to_load_weights_into_does_not_warn_of_random_initialisation(caplog):
+    # Every stage rebuilds its CLIP and then loads trained weights: open_clip's warning would mislead its log.
+    with caplog.at_level(logging.WARNING):
+        create_clip("medvlm-tiny-rn", image_size=32)
+    assert not [record for record in caplog.records if "initialized randomly" in record.getMessage()]
+    logging.getLogger().warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+    assert caplog.records  # the filter is gone once the model is built

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medvlm.eval.figures import confusion_png, line_panels, training_curves_png
-from medvlm.eval.robustness import eps_key
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.eval.tasks import TEST_TASKS, eps_key
 from medvlm.io import DataError, read_json
 from medvlm.params import RobustnessParams
 

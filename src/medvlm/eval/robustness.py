@@ -22,7 +22,7 @@ from medvlm.attacks.pgd import linf_ball, random_start_in
 from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_features_meta
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.eval.bootstrap import accuracy_interval
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.eval.tasks import TEST_TASKS, eps_key
 from medvlm.io import DataError, write_json
 from medvlm.models.clip import MedClip, load_clip
 from medvlm.models.heads import Head, load_head
@@ -34,11 +34,6 @@ Classifier = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 FEATURE_TOLERANCE = 1e-3
 """Largest |difference| allowed between the encoder's clean features and the cached ones."""
-
-
-def eps_key(eps_255: float) -> str:
-    """Metrics key of a radius: 'eps_2', 'eps_0p5' (no dots, which `dvc metrics show` reads as nesting)."""
-    return "eps_" + f"{eps_255:g}".replace(".", "p")
 
 
 def robust_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None,

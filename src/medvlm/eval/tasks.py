@@ -1,4 +1,5 @@
-"""The three downstream test tasks every method is scored on, and where their data and heads live."""
+"""The three downstream test tasks every method is scored on, where their data and heads live, and the metrics
+key of an attack radius. Kept free of torch and open_clip, so the report and the plots import it cheaply."""
 
 from __future__ import annotations
 
@@ -20,3 +21,8 @@ TEST_TASKS = {
     "cls_ood": TestTask(split="cls_ood_test", manifest="cls_ood", head="cls_id"),
     "vqa": TestTask(split="vqa_test", manifest="vqa", head="vqa"),
 }
+
+
+def eps_key(eps_255: float) -> str:
+    """Metrics key of a radius: 'eps_2', 'eps_0p5' (no dots, which `dvc metrics show` reads as nesting)."""
+    return "eps_" + f"{eps_255:g}".replace(".", "p")

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medvlm.eval.robustness import eps_key
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.eval.tasks import TEST_TASKS, eps_key
 from medvlm.report.collect import ReportError, Run
 
 TASK_TITLES = {"cls_id": "in-domain", "cls_ood": "out-of-domain", "vqa": "VQA"}
