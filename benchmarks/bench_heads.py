@@ -82,7 +82,7 @@ def main(
         rows.append((method, min(seconds), statistics.median(seconds)))
     settings = load_params(params).heads
     print(f"\nhead training on synthetic cached features: {n} x {dim}, {n_classes} classes, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads available (the trainer uses 1)")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads available (one for LP, all for the residual-MLP heads)")
     print(f"{'method':<8} {'epochs':>6} {'batch':>5} {'best s':>8} {'median s':>9} {'budget s':>9} {'best/budget':>12}")
     for method, best, median in rows:
         section = getattr(settings, method)
