@@ -11,7 +11,6 @@ trainer change.
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import operator
 import time
@@ -145,6 +144,7 @@ threads gain little when the machine is idle (LP on 10k × 512: 1.75 s against 1
 when it is busy (4-38 s, measured on the loaded 2-core machine), so such heads train on one thread. The
 residual-MLP heads (4·D² weights, 2M at D = 512) are matrix products big enough to split: one step at D = 512,
 batch 64, takes 12.1 ms on one thread and 7.6 ms on two (idle), so they use every thread, like CLIP training."""
+
 
 def _is_small(head: Head) -> bool:
     return sum(parameter.numel() for parameter in head.parameters()) < SMALL_HEAD_PARAMETERS
