@@ -71,7 +71,10 @@ def _stages() -> list[tuple[str, Path, list[str]]]:
     return found
 
 
-@pytest.mark.parametrize("name,script,deps", _stages(), ids=[stage[0] for stage in _stages()])
+STAGES = _stages()
+
+
+@pytest.mark.parametrize("name,script,deps", STAGES, ids=[stage[0] for stage in STAGES])
 def test_every_imported_package_module_is_a_stage_dependency(name, script, deps):
     declared = {(REPO / dep).resolve() for dep in deps}
 
