@@ -16,9 +16,10 @@ def main(
     clip: Path = typer.Option(Path("models/clip"), help="pre-trained CLIP folder (its image encoder is attacked)"),
     heads: Path = typer.Option(Path("models/heads"), help="folder holding one sub-folder of heads per method"),
     out: Path = typer.Option(..., help="metrics JSON to write"),
+    items: Path = typer.Option(..., help="per-item results (parquet) to write: correctness clean and per radius"),
 ) -> None:
     run_stage(robustness_stage, params_path=params, method=method, data=data, features=features, clip=clip,
-              heads=heads, out=out)
+              heads=heads, out=out, items=items)
 
 
 if __name__ == "__main__":

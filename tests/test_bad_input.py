@@ -47,7 +47,8 @@ PARAMS = {"seed": 0, "device": "cpu", "data": {"image_size": 32},
           "pretrain": {"epochs": 1, "batch_size": 8, "warmup_steps": 1},
           "features": {"batch_size": 8}, "heads": {"methods": ["lp"], "lp": {"epochs": 1, "batch_size": 4}},
           "evaluate": {"bootstrap": {"samples": 100},
-                       "robust": {"eps_255": [2], "steps": 2, "n_images": 4, "check_steps": 3, "check_images": 2}}}
+                       "robust": {"eps_255": [2], "steps": 2, "n_images": 4, "main_n_images": 4, "check_steps": 3,
+                                  "check_images": 2}}}
 PREVIOUS = {"previous": "run"}
 """Content of the metrics files already in the workspace: a failed stage must not touch them."""
 
@@ -72,7 +73,8 @@ def build_workspace(root: Path, clip_dir: Path) -> Path:
         os.chdir(cwd)
     robustness_stage(params=params, method="lp", data=data / "raw", features=data / "features",
                      clip=root / "models" / "clip", heads=root / "models" / "heads",
-                     out=root / "metrics" / "robustness" / "lp.json", data_root=data)
+                     out=root / "metrics" / "robustness" / "lp.json", items=root / "items" / "robust" / "lp.parquet",
+                     data_root=data)
     shutil.copytree(data / "raw", data / "noisy")
     for name in ("surrogate", "attack", "pretrain", "evaluate"):
         write_json(root / "metrics" / f"{name}.json", PREVIOUS)
@@ -232,7 +234,8 @@ CASES = [
          "cls_id_train.safetensors: not a readable safetensors file", ("--method", "lp")),
     Case("head missing", "evaluate", delete("models/heads/lp/vqa.json"), "vqa.json: file not found"),
     Case("CLIP weights missing", "robustness", delete(f"models/clip/{WEIGHTS_FILE}"),
-         f"models/clip/{WEIGHTS_FILE}: file not found", ("--method", "lp", "--out", "metrics/robustness/lp.json")),
+         f"models/clip/{WEIGHTS_FILE}: file not found", ("--method", "lp", "--out", "metrics/robustness/lp.json",
+                                                      "--items", "items/robust/lp.parquet")),
     # checkpoints and weights
     Case("pickle planted as CLIP weights", "features", plant_pickle(f"models/clip/{WEIGHTS_FILE}", torch_format=False),
          f"{WEIGHTS_FILE}: not a readable safetensors file"),

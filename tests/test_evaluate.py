@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from medvlm.data.cached_features import load_feature_split
+from medvlm.data.manifest import write_manifest
 from medvlm.engine.fit_head import fit_head
 from medvlm.eval.evaluate import evaluate_stage, predict_probabilities
 from medvlm.eval.metrics import classification_chance, classification_metrics, macro_auroc, vqa_chance, vqa_metrics
-from medvlm.io import DataError, read_json, save_tensors, write_json
+from medvlm.io import DataError, read_items, read_json, save_tensors, write_json
 from medvlm.losses import build_loss
 from medvlm.models.heads import build_head, load_head, save_head
 from medvlm.params import Params
@@ -84,9 +86,22 @@ def _params(batch_size: int = 5, methods: tuple[str, ...] = ("lp",)) -> Params:
                                   "evaluate": {"batch_size": batch_size, "bootstrap": {"samples": 200}}})
 
 
+def write_test_manifests(raw: Path, n_test: int = 12) -> None:
+    """Test-split manifests with as many rows as write_features' test splits (item ids; VQA: 3 questions per
+    image). The images are never read by evaluate, so none are written."""
+    for kind in ("cls_id", "cls_ood"):
+        write_manifest(pd.DataFrame({"id": [f"{kind}-{i}" for i in range(n_test)],
+                                     "image": [f"raw/images/{kind}/{i}.png" for i in range(n_test)],
+                                     "label": "normal", "split": "test"}), raw, kind)
+    write_manifest(pd.DataFrame({"id": [f"q{i}" for i in range(n_test)],
+                                 "image": [f"raw/images/vqa/{i // 3}.png" for i in range(n_test)],
+                                 "question": "?", "answer": "yes", "answer_type": "closed", "split": "test"}), raw, "vqa")
+
+
 def write_stage_inputs(root: Path, methods: tuple[str, ...] = ("lp",)) -> dict[str, Path]:
-    """What evaluate reads besides features and heads: robustness metrics (made-up numbers in the robustness
-    stage's layout) and DVCLive curves of every training run."""
+    """What evaluate reads besides features and heads: test manifests, robustness metrics (made-up numbers in
+    the robustness stage's layout) and DVCLive curves of every training run; and where its items go."""
+    write_test_manifests(root / "raw")
     robustness, live = root / "robustness", root / "dvclive"
     entry = {"accuracy": 0.5, "ci": [0.4, 0.6]}
     for method in methods:
@@ -96,7 +111,8 @@ def write_stage_inputs(root: Path, methods: tuple[str, ...] = ("lp",)) -> dict[s
         curve = live / run / "plots" / "metrics" / "train" / "loss.tsv"
         curve.parent.mkdir(parents=True, exist_ok=True)
         curve.write_text("step\tloss\n0\t2.0\n1\t1.5\n")
-    return {"robustness": robustness, "live": live, "plots": root / "evaluation"}
+    return {"robustness": robustness, "live": live, "plots": root / "evaluation", "data": root / "raw",
+            "data_root": root, "items": root / "items" / "clean.parquet"}
 
 
 def test_evaluate_stage_writes_method_task_metric_json(tmp_path):
@@ -127,6 +143,18 @@ def test_evaluate_stage_writes_method_task_metric_json(tmp_path):
     for task in ("cls_id", "cls_ood", "vqa"):
         for name, (low, high) in result["lp"][task]["ci"].items():
             assert low <= result["lp"][task][name] <= high, (task, name)
+
+    # Per item: every test item once per task, keyed by its manifest id, grouped by image, with the head's own
+    # prediction; the accuracies are the items' means.
+    items = read_items(inputs["items"])
+    assert list(items.columns) == ["method", "task", "item", "group", "label", "prediction", "correct"]
+    assert items.groupby("task").size().to_dict() == {"cls_id": 12, "cls_ood": 12, "vqa": 12}
+    vqa_items = items[items["task"] == "vqa"]
+    assert vqa_items["prediction"].tolist() == predictions.tolist()
+    assert vqa_items["label"].tolist() == vqa_test["y"].tolist()
+    assert vqa_items["group"].nunique() == 4 and vqa_items["item"].iloc[5] == "q5"
+    for task in ("cls_id", "cls_ood", "vqa"):
+        assert items[items["task"] == task]["correct"].mean() == pytest.approx(result["lp"][task]["accuracy"])
 
     figures = {path.name for path in (inputs["plots"] / "figures").iterdir()}
     assert figures == {"confusion_lp_cls_id.png", "confusion_lp_cls_ood.png", "robust_accuracy.png",
@@ -173,19 +201,31 @@ def test_probabilities_do_not_depend_on_the_batch_size(tmp_path):
     head = build_head("lp", 6, 3).eval()
     features = torch.randn(11, 6)
     whole = predict_probabilities(head, features, batch_size=64)
-    np.testing.assert_allclose(predict_probabilities(head, features, batch_size=4), whole, rtol=1e-12)
+    # float32 matmuls of different shapes may take different BLAS kernels: equal to float32 rounding, not bits
+    np.testing.assert_allclose(predict_probabilities(head, features, batch_size=4), whole, rtol=1e-6)
     np.testing.assert_allclose(whole.sum(axis=1), np.ones(11))
 
 
 def test_heads_that_do_not_fit_the_features_are_refused(tmp_path):
     features, heads = write_features(tmp_path / "features"), tmp_path / "heads"
     _train_heads(features, heads)
-    save_tensors(features / "cls_id_test.safetensors", {"x": torch.zeros(4, 10), "y": torch.zeros(4, dtype=torch.long)})
+    save_tensors(features / "cls_id_test.safetensors", {"x": torch.zeros(12, 10), "y": torch.zeros(12, dtype=torch.long)})
     out = tmp_path / "evaluate.json"
     inputs = write_stage_inputs(tmp_path)
     with pytest.raises(DataError, match="cls_id_test.safetensors has 10-dim features but the head expects 8"):
         evaluate_stage(params=_params(), features=features, heads=heads, out=out, **inputs)
-    assert not out.exists() and not inputs["plots"].exists()
+    assert not out.exists() and not inputs["plots"].exists() and not inputs["items"].exists()
+
+
+def test_a_manifest_that_does_not_match_the_features_is_refused(tmp_path):
+    features, heads = write_features(tmp_path / "features"), tmp_path / "heads"
+    _train_heads(features, heads)
+    inputs = write_stage_inputs(tmp_path)
+    write_test_manifests(inputs["data"], n_test=11)
+    out = tmp_path / "evaluate.json"
+    with pytest.raises(DataError, match="test split has 11 rows but .*cls_id_test.safetensors has 12"):
+        evaluate_stage(params=_params(), features=features, heads=heads, out=out, **inputs)
+    assert not out.exists() and not inputs["items"].exists()
 
 
 def test_missing_robustness_metrics_are_a_clear_error_and_nothing_is_written(tmp_path):

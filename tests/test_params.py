@@ -9,7 +9,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medvlm.params import EvaluateParams, FeatureParams, HeadParams, ParamsError, load_params, parse_params
+from medvlm.params import (
+    EvaluateParams,
+    FeatureParams,
+    HeadParams,
+    ParamsError,
+    SyntheticParams,
+    load_params,
+    parse_params,
+)
 from stage_scripts import stage_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +62,17 @@ BAD_PARAMS = [
     ({"data": {"resize": "stretch"}}, "data.resize", "'crop', 'pad' or 'squash'"),
     ({"data": {"uncertain": "ones"}}, "data.uncertain", "'exclude', 'negative' or 'positive'"),
     ({"data": {"source": "synthetic"}}, "data.source", "allowed keys here"),
+    ({"data": {"synthetic": {"shift": 1.5}}}, "data.synthetic.shift", "less than or equal to 1"),
+    ({"data": {"synthetic": {"heart_overlap": -0.1}}}, "data.synthetic.heart_overlap", "greater than or equal to 0"),
+    ({"data": {"synthetic": {"label_noise": 1.0}}}, "data.synthetic.label_noise", "less than 1"),
+    ({"data": {"synthetic": {"lesion_contrast": 0}}}, "data.synthetic.lesion_contrast", "greater than 0"),
+    ({"data": {"synthetic": {"lesion_size": 2.5}}}, "data.synthetic.lesion_size", "less than or equal to 2"),
+    ({"data": {"synthetic": {"second_finding_rate": "some"}}}, "data.synthetic.second_finding_rate", "valid number"),
+    ({"data": {"synthetic": {"blur": 1}}}, "data.synthetic.blur", "allowed keys here: lesion_contrast, lesion_size"),
     ({"evaluate": {"robust": {"eps_255": [1, -2]}}}, "evaluate.robust.eps_255", "every radius must be >= 0"),
     ({"evaluate": {"robust": {"eps_255": [2, 2]}}}, "evaluate.robust.eps_255", "radii must be distinct"),
-    ({"evaluate": {"robust": {"check_eps_255": 3}}}, "evaluate.robust", "check_eps_255 must be one of eps_255"),
+    ({"evaluate": {"robust": {"main_eps_255": 3}}}, "evaluate.robust", "main_eps_255 must be one of eps_255"),
+    ({"evaluate": {"robust": {"main_n_images": 50}}}, "evaluate.robust", "main_n_images (50) must be >= n_images"),
     ({"evaluate": {"robust": {"check_steps": 10}}}, "evaluate.robust", "check_steps must exceed steps"),
     ({"evaluate": {"robust": {"step_fraction": 0}}}, "evaluate.robust.step_fraction", "greater than 0"),
     ({"evaluate": {"bootstrap": {"confidence": 1.2}}}, "evaluate.bootstrap.confidence", "less than 1"),
@@ -82,6 +98,7 @@ def test_shipped_params_are_valid():
     # params.yaml spells out the schema's head and feature defaults, so the file is the one place to read them
     assert params.heads == HeadParams() and params.features == FeatureParams()
     assert params.evaluate == EvaluateParams()
+    assert params.data.synthetic == SyntheticParams()
 
 
 @pytest.mark.parametrize(("override", "key", "rule"), BAD_PARAMS, ids=[case[1] for case in BAD_PARAMS])
@@ -121,8 +138,8 @@ STAGE_OUTPUT_OPTIONS = {
     "pretrain": ["--out", "{tmp}/models/clip", "--live", "{tmp}/live", "--metrics", "{tmp}/m.json"],
     "features": ["--out", "{tmp}/data/features"],
     "finetune": ["--method", "lp", "--out", "{tmp}/models/heads/lp", "--live", "{tmp}/live"],
-    "robustness": ["--method", "lp", "--out", "{tmp}/m.json"],
-    "evaluate": ["--out", "{tmp}/m.json", "--plots", "{tmp}/evaluation"],
+    "robustness": ["--method", "lp", "--out", "{tmp}/m.json", "--items", "{tmp}/items.parquet"],
+    "evaluate": ["--out", "{tmp}/m.json", "--plots", "{tmp}/evaluation", "--items", "{tmp}/items.parquet"],
 }
 
 

@@ -35,8 +35,8 @@ TINY = {
     "attack": {"batch_size": 16, "success_candidates": 8, "image": {"steps": 2}},
     "heads": {"methods": list(METHODS), **{method: {"epochs": 2, "batch_size": 16} for method in METHODS}},
     "evaluate": {"bootstrap": {"samples": 100},
-                 "robust": {"eps_255": [2, 8], "steps": 2, "n_images": 6, "batch_size": 6, "check_steps": 4,
-                            "check_images": 3, "check_eps_255": 8}},
+                 "robust": {"eps_255": [2, 8], "steps": 2, "n_images": 4, "main_n_images": 6, "batch_size": 6,
+                            "check_steps": 4, "check_images": 3, "main_eps_255": 8}},
 }
 
 
@@ -179,19 +179,24 @@ def test_exp_run_caption_noise_and_random_noise(pipeline_repo):
 
 
 def test_report_from_experiments(pipeline_repo, tmp_path):
-    """Built from two experiments the tests above ran, at distinct noise ratios (0.5, and 0.25 with caption noise)."""
+    """Built from two experiments the tests above ran: 0.5 (image noise), and 0.25 with caption noise."""
+    study = tmp_path / "study"
     out = tmp_path / "reports"
-    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "--name", "tiny", "--exp", "caption-noise",
-        "--exp", "ratio-half", "--out", str(out))
-    text = (out / "tiny.md").read_text()
-    for method in METHODS:
-        assert f"| 0.25 | {method} |" in text and f"| 0.5 | {method} |" in text
-    assert "out-of-domain PGD ε=8/255" in text and "## The paper's claims, as measured" in text
-    assert (out / "tiny" / "clean_vs_noise.png").is_file() and (out / "tiny" / "robust_vs_noise.png").is_file()
-    # Every experiment of the commit: several share a ratio (caption noise, random noise...), which is refused.
-    result = subprocess.run([sys.executable, "-m", "medvlm.report", "--name", "all", "--out", str(out)],
-                            cwd=pipeline_repo, env=_env(), capture_output=True, text=True)
-    assert result.returncode == 2 and "both have noise_ratio" in result.stderr
+    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "save", "--study", str(study), "--exp", "caption-noise",
+        "--exp", "ratio-half")
+    for name in ("caption-noise", "ratio-half"):
+        folder = study / "runs" / name
+        for path in ("params.yaml", "rev.txt", "metrics/evaluate.json", "items/clean.parquet",
+                     *(f"items/robust/{method}.parquet" for method in METHODS)):
+            assert (folder / path).is_file(), f"{name}: no {path}"
+    # Saving again skips the runs already in the study.
+    run(pipeline_repo, sys.executable, "-m", "medvlm.report", "save", "--study", str(study), "--exp", "ratio-half")
+    assert sorted(path.name for path in (study / "runs").iterdir()) == ["caption-noise", "ratio-half"]
+    run(tmp_path, sys.executable, "-m", "medvlm.report", "build", "--study", "study", "--out", "reports")
+    text = (out / "study.md").read_text()
+    assert "noise_ratio=0.25, noise_type=caption" in text and "noise_ratio=0.5, noise_type=image" in text
+    assert "## Claims" in text and "| c | ran − lp |" in text and str(tmp_path) not in text
+    assert (study / "figures" / "clean_vs_noise.png").is_file() and (study / "figures" / "robust_vs_noise.png").is_file()
 
 
 def test_the_same_params_in_a_clean_clone_give_identical_metrics_and_outputs(pipeline_repo, tmp_path):

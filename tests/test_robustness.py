@@ -10,10 +10,10 @@ import torch
 
 from medvlm.data.cached_features import load_feature_split
 from medvlm.engine.features import features_stage
-from medvlm.eval.robustness import (attack_subset, encoder_head_classifier, robust_correct, robustness_stage,
+from medvlm.eval.robustness import (attack_subsets, encoder_head_classifier, robust_correct, robustness_stage,
                                     strong_pgd_check)
 from medvlm.eval.tasks import eps_key
-from medvlm.io import DataError, read_json
+from medvlm.io import DataError, read_items, read_json
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.models.clip import create_clip, load_clip, save_clip
 from medvlm.models.heads import build_head, load_head, save_head
@@ -21,6 +21,7 @@ from medvlm.params import Params
 from test_features import build_raw_data
 
 EPS = 4 / 255
+TEST_MANIFESTS = {"cls_id": "cls_id", "cls_ood": "cls_ood", "vqa": "vqa"}
 SIZE = 8
 
 
@@ -92,7 +93,7 @@ def test_the_convergence_check_attacks_only_the_survivors_and_never_raises_accur
         return linear_classifier(weights)(batch, offsets[rows])
 
     robust = Params.model_validate({"evaluate": {"robust": {"eps_255": [2], "steps": 5, "check_steps": 20,
-                                                            "check_eps_255": 2}}}).evaluate.robust
+                                                            "main_eps_255": 2}}}).evaluate.robust
     strong = strong_pgd_check(classify, torch.full((6, 1, SIZE, SIZE), 0.5), torch.ones(6, dtype=torch.long),
                               torch.arange(6), weak, robust=robust, generator=torch.Generator().manual_seed(0))
     assert strong.tolist() == [False, False, True, True, False, False]
@@ -100,13 +101,15 @@ def test_the_convergence_check_attacks_only_the_survivors_and_never_raises_accur
     assert not (strong & ~weak).any()
 
 
-def test_attacked_subset_is_seeded_sorted_and_distinct_per_task():
-    first = attack_subset(100, 20, seed=0, task_index=0)
-    assert torch.equal(first, attack_subset(100, 20, seed=0, task_index=0))
-    assert len(set(first.tolist())) == 20 and torch.equal(first, first.sort().values)
-    assert not torch.equal(first, attack_subset(100, 20, seed=0, task_index=1))
-    assert not torch.equal(first, attack_subset(100, 20, seed=1, task_index=0))
-    assert torch.equal(attack_subset(5, 20, seed=0, task_index=0), torch.arange(5))
+def test_attacked_subsets_are_seeded_sorted_nested_and_distinct_per_task():
+    main, small = attack_subsets(100, (20, 8), seed=0, task_index=0)
+    again, _ = attack_subsets(100, (20, 8), seed=0, task_index=0)
+    assert torch.equal(main, again)
+    assert len(set(main.tolist())) == 20 and torch.equal(main, main.sort().values)
+    assert len(small) == 8 and set(small.tolist()) < set(main.tolist())  # the other radii's items are main items
+    assert not torch.equal(main, attack_subsets(100, (20,), seed=0, task_index=1)[0])
+    assert not torch.equal(main, attack_subsets(100, (20,), seed=1, task_index=0)[0])
+    assert torch.equal(attack_subsets(5, (20,), seed=0, task_index=0)[0], torch.arange(5))
 
 
 def test_eps_keys_have_no_dots():
@@ -131,33 +134,46 @@ def tiny_run(tmp_path_factory, tiny_clip_dir) -> dict[str, Path]:
 
 
 def _robust_params(**robust) -> Params:
-    settings = {"eps_255": [2, 8], "steps": 3, "n_images": 3, "batch_size": 2, "check_steps": 6,
-                "check_images": 2, "check_eps_255": 8} | robust
+    settings = {"eps_255": [2, 8], "steps": 3, "n_images": 2, "main_n_images": 5, "batch_size": 2,
+                "check_steps": 6, "check_images": 2, "main_eps_255": 8} | robust
     return Params.model_validate({"device": "cpu", "evaluate": {"robust": settings, "bootstrap": {"samples": 100}}})
 
 
 @pytest.mark.parametrize("method", ["lp", "ran"])
 def test_robustness_stage_clean_row_equals_the_cached_feature_predictions(tiny_run, method, tmp_path):
-    out = tmp_path / "robustness" / f"{method}.json"
+    out, items_path = tmp_path / "robustness" / f"{method}.json", tmp_path / "items" / f"{method}.parquet"
     result = robustness_stage(params=_robust_params(), method=method, data=tiny_run["raw"],
                               features=tiny_run["features"], clip=tiny_run["clip"], heads=tiny_run["heads"], out=out,
-                              data_root=tiny_run["root"])
+                              items=items_path, data_root=tiny_run["root"])
     assert read_json(out) == result
+    items = read_items(items_path)
     for task_index, (task, split, head_name) in enumerate((("cls_id", "cls_id_test", "cls_id"),
                                                            ("cls_ood", "cls_ood_test", "cls_id"),
                                                            ("vqa", "vqa_test", "vqa"))):
         cached = load_feature_split(tiny_run["features"], split)
-        rows = attack_subset(len(cached["y"]), 3, seed=0, task_index=task_index)
+        rows, small = attack_subsets(len(cached["y"]), (5, 2), seed=0, task_index=task_index)
         head = load_head(tiny_run["heads"] / method, head_name)
         with torch.no_grad():
-            cached_correct = (head(cached["x"][rows]).argmax(dim=1) == cached["y"][rows]).float().mean()
+            cached_correct = head(cached["x"][rows]).argmax(dim=1) == cached["y"][rows]
         entry = result[task]
-        assert entry["n"] == len(rows)
-        assert entry["clean"]["accuracy"] == pytest.approx(float(cached_correct), abs=0)  # ε = 0 is clean, exactly
+        assert len(small) == 2 < len(rows)  # the tiny test sets have 3-5 items: the main subset is larger
+        assert (entry["n"], entry["n_main"], entry["eps_8"]["n"], entry["eps_2"]["n"]) == (2, len(rows), len(rows), 2)
+        # ε = 0 is clean, exactly, on the main subset
+        assert entry["clean"]["accuracy"] == pytest.approx(float(cached_correct.float().mean()), abs=0)
         for key in ("eps_2", "eps_8"):
-            assert entry[key]["accuracy"] <= entry["clean"]["accuracy"]
             low, high = entry[key]["ci"]
             assert low <= entry[key]["accuracy"] <= high
+        # Per item: the main subset's rows, in order, with the manifest's ids; the other radius only on the
+        # nested subset (NA elsewhere); robust never beats clean on an item.
+        table = items[items["task"] == task].reset_index(drop=True)
+        frame = read_manifest(tiny_run["raw"], TEST_MANIFESTS[task], tiny_run["root"], split="test")
+        assert list(table["item"]) == list(frame["id"].iloc[rows.numpy()])
+        assert table["clean"].tolist() == cached_correct.tolist()
+        assert table["eps_8"].notna().all() and table["eps_8"].mean() == pytest.approx(entry["eps_8"]["accuracy"])
+        assert table["eps_2"].notna().tolist() == torch.isin(rows, small).tolist()
+        attacked = table[table["eps_2"].notna()]
+        assert not (attacked["eps_2"].astype(bool) & ~attacked["clean"].astype(bool)).any()
+        assert not (table["eps_8"].astype(bool) & ~table["clean"].astype(bool)).any()
         check = entry["convergence"]
         assert (check["n"], check["steps"], check["strong_steps"], check["eps_255"]) == (2, 3, 6, 8)
         assert check["strong_accuracy"] <= check["accuracy"]  # the stronger PGD only re-attacks survivors
@@ -178,8 +194,8 @@ def test_features_from_another_clip_are_refused_and_nothing_is_written(tiny_run,
     torch.manual_seed(123)
     other = tmp_path / "other_clip"
     save_clip(create_clip("medvlm-tiny-vit", image_size=32), other)
-    out = tmp_path / "lp.json"
+    out, items = tmp_path / "lp.json", tmp_path / "lp.parquet"
     with pytest.raises(DataError, match="not computed with this CLIP"):
         robustness_stage(params=_robust_params(), method="lp", data=tiny_run["raw"], features=tiny_run["features"],
-                         clip=other, heads=tiny_run["heads"], out=out, data_root=tiny_run["root"])
-    assert not out.exists()
+                         clip=other, heads=tiny_run["heads"], out=out, items=items, data_root=tiny_run["root"])
+    assert not out.exists() and not items.exists()

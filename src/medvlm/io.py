@@ -15,11 +15,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class DataError(ValueError):
@@ -145,6 +148,26 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_items(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a per-item results table as parquet, atomically (compressed, no index: rows are keyed by columns)."""
+    if table.empty:
+        raise ValueError(f"{path}: refusing to write an empty per-item table")
+    with atomic_file(path) as tmp:
+        table.to_parquet(tmp, index=False, compression="zstd")
+
+
+def read_items(path: str | Path) -> pd.DataFrame:
+    import pandas as pd  # noqa: PLC0415  (only the stages and the report that read items pay for pandas)
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: per-item table not found")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable parquet table ({exc})") from None
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:

@@ -68,16 +68,42 @@ class VqaSourceParams(_SourceParams):
     source: Literal["synthetic", "vqa_rad", "slake", "csv"] = "synthetic"
 
 
+class SyntheticParams(_Section):
+    """How hard the built-in synthetic data is. The defaults are the calibrated testbed (docs/testbed.md: the
+    linear probe off its ceiling in-domain and off its floor out-of-domain); lesion_contrast, lesion_size,
+    effusion_height and pneumothorax_collapse 1, heart_overlap, second_finding_rate and label_noise 0, and
+    shift 1 generate the original, much easier data byte for byte."""
+
+    lesion_contrast: float = Field(
+        0.6, gt=0, le=2, description="multiplies every finding's signal (nodule density, consolidation opacity, "
+        "lung air an effusion replaces, pneumothorax rim and pleural line); < 1: subtler")
+    lesion_size: float = Field(0.85, gt=0, le=2, description="multiplies nodule and consolidation radii")
+    effusion_height: float = Field(1.0, gt=0, le=2, description="multiplies the effusion's fluid height")
+    pneumothorax_collapse: float = Field(
+        1.0, gt=0, le=2, description="multiplies 1 - f, the share of its size a collapsed lung loses (f stays > 0)")
+    heart_overlap: float = Field(
+        0.5, ge=0, le=1, description="0: cardiomegaly heart sizes disjoint from normal ones; 1: heavily overlapping")
+    second_finding_rate: float = Field(
+        0.1, ge=0, le=1, description="share of abnormal images that also show a second, different finding "
+        "(in captions and VQA answers, not in the label)")
+    label_noise: float = Field(
+        0.0, ge=0, lt=1, description="share of cls_id train labels replaced by a random different class")
+    shift: float = Field(
+        0.25, ge=0, le=1, description="out-of-domain acquisition: 0 the in-domain one, 1 the other hospital's, "
+        "every range endpoint interpolated linearly in between")
+
+
 class DataParams(_Section):
     image_size: int = Field(64, ge=16, le=512)
     # Sizes of the built-in synthetic generator (used by the tasks whose source is synthetic).
     pretrain_train: int = Field(3000, ge=8, description="pre-training image-caption pairs")
     pretrain_val: int = Field(500, ge=8, description="held-out pairs for retrieval recall")
     cls_train: int = Field(1200, ge=8, description="in-domain classification training images")
-    cls_test: int = Field(600, ge=8, description="in-domain classification test images")
-    ood_test: int = Field(600, ge=8, description="out-of-domain (shifted acquisition) test images")
+    cls_test: int = Field(5000, ge=8, description="in-domain classification test images")
+    ood_test: int = Field(5000, ge=8, description="out-of-domain (shifted acquisition) test images")
     vqa_train: int = Field(800, ge=8, description="VQA training images (several questions each)")
-    vqa_test: int = Field(300, ge=8, description="VQA test images")
+    vqa_test: int = Field(1100, ge=8, description="VQA test images (2-4 questions each)")
+    synthetic: SyntheticParams = SyntheticParams()
     # Real data sets (README: preparing real data sets).
     pretrain: PretrainSourceParams = PretrainSourceParams()
     cls_id: ClassificationSourceParams = ClassificationSourceParams()
@@ -242,18 +268,23 @@ class HeadParams(_Section):
 
 
 class RobustnessParams(_Section):
-    """Test-time L∞ PGD through the frozen image encoder and each head (DESIGN §7)."""
+    """Test-time L∞ PGD through the frozen image encoder and each head (DESIGN §7).
+
+    The main radius is attacked on a larger seeded subset than the others: the study's robustness claims are
+    read there, and its paired minimum detectable difference shrinks with the number of items. The subsets
+    are nested (the first items of one seeded permutation), so every radius's items are main-radius items."""
 
     eps_255: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1,
                                  description="attack radii in 1/255 pixel units")
     steps: int = Field(10, ge=1)
     step_fraction: float = Field(0.25, gt=0, le=1, description="PGD step size as a fraction of ε")
     random_start: bool = True
-    n_images: int = Field(100, ge=1, description="seeded subset of each test set that is attacked")
+    main_eps_255: float = Field(1.0, description="the radius the claims are read at; one of eps_255")
+    main_n_images: int = Field(300, ge=1, description="seeded subset of each test set attacked at main_eps_255")
+    n_images: int = Field(100, ge=1, description="seeded subset of each test set attacked at the other radii")
     batch_size: int = Field(100, ge=1)
-    check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check")
-    check_images: int = Field(16, ge=1, description="first images of the subset the check attacks")
-    check_eps_255: float = Field(2.0, description="ε of the convergence check; one of eps_255")
+    check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check at main_eps_255")
+    check_images: int = Field(16, ge=1, description="first images of the main subset the check attacks")
 
     @field_validator("eps_255")
     @classmethod
@@ -265,10 +296,12 @@ class RobustnessParams(_Section):
         return sorted(radii)
 
     @model_validator(mode="after")
-    def _check_is_a_listed_radius(self) -> "RobustnessParams":
-        if self.check_eps_255 not in self.eps_255:
-            raise ValueError(f"check_eps_255 must be one of eps_255 {self.eps_255}, got {self.check_eps_255} "
-                             "(the check is read beside PGD's accuracy at that radius)")
+    def _main_is_a_listed_radius(self) -> "RobustnessParams":
+        if self.main_eps_255 not in self.eps_255:
+            raise ValueError(f"main_eps_255 must be one of eps_255 {self.eps_255}, got {self.main_eps_255}")
+        if self.main_n_images < self.n_images:
+            raise ValueError(f"main_n_images ({self.main_n_images}) must be >= n_images ({self.n_images}): the "
+                             "other radii attack the first n_images items of the main subset")
         if self.check_steps <= self.steps:
             raise ValueError(f"check_steps must exceed steps ({self.steps}) to be a stronger attack, "
                              f"got {self.check_steps}")

@@ -21,7 +21,7 @@ from medvlm.data.manifest import COLUMNS, META_FILE, save_png, write_manifest
 from medvlm.data.real import CLASSIFICATION, RealTask, read_task, write_task
 from medvlm.data.synthetic import SyntheticBatch, generate_split, split_specs
 from medvlm.data.synthetic_cases import LABELS
-from medvlm.data.synthetic_images import IN_DOMAIN, OUT_OF_DOMAIN
+from medvlm.data.synthetic_images import IN_DOMAIN
 from medvlm.io import DataError, atomic_dir, write_json
 from medvlm.params import Params
 from medvlm.runtime import log
@@ -52,18 +52,20 @@ def _rows(batch: SyntheticBatch, index: int, base: dict[str, str]) -> list[dict[
              "answer": q.answer, "answer_type": q.answer_type}
             for number, q in enumerate(batch.questions[index])
         ]
-    return [{**base, "label": case.finding}]
+    return [{**base, "label": batch.labels[index]}]
 
 
 def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
-               rows: dict[str, list[dict[str, str]]], counts: dict[str, dict[str, int]]) -> None:
-    """Render the synthetic splits of `kinds` into `tmp`, adding their manifest rows and counts."""
+               rows: dict[str, list[dict[str, str]]], counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Render the synthetic splits of `kinds` into `tmp`, adding their manifest rows and counts; return how many
+    labels label noise replaced in each split that has it ("kind/split")."""
     specs = [spec for spec in split_specs(params.data) if spec.kind in kinds]
     images_per_kind: dict[str, int] = defaultdict(int)
     for spec in split_specs(params.data):  # all kinds: the id width must not depend on which are synthetic
         images_per_kind[spec.kind] += spec.count
     id_width = max(6, len(str(max(images_per_kind.values()) - 1)))
     next_id: dict[str, int] = defaultdict(int)
+    relabelled = {f"{spec.kind}/{spec.split}": 0 for spec in specs if spec.label_noise > 0}
     total = sum(spec.count for spec in specs)
     started = time.perf_counter()
     with tqdm(total=total, unit="img", desc="download (synthetic)") as progress:
@@ -77,12 +79,16 @@ def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
                     save_png(image, tmp / relative_image)
                     base = {"id": image_id, "image": f"{prefix}/{relative_image}", "split": spec.split}
                     rows[spec.kind].extend(_rows(batch, index, base))
+                if spec.label_noise > 0:
+                    relabelled[f"{spec.kind}/{spec.split}"] += sum(
+                        label != case.finding for label, case in zip(batch.labels, batch.cases, strict=True))
                 progress.update(len(batch.cases))
             counts[spec.kind][spec.split] = spec.count
             if spec.questions:
                 counts["vqa_questions"][spec.split] = len(rows[spec.kind]) - rows_before
     elapsed = max(time.perf_counter() - started, 1e-9)
     log.info("download: %d synthetic images in %.1f s (%.0f images/s)", total, elapsed, total / elapsed)
+    return relabelled
 
 
 def _read_real(params: Params, real: list[str], cache: Path) -> tuple[dict[str, RealTask], list[str]]:
@@ -117,8 +123,9 @@ def download_stage(*, params: Params, out: Path, data_root: Path | None = None,
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     with atomic_dir(out) as tmp:
         frames: dict[str, pd.DataFrame] = {}
+        relabelled: dict[str, int] = {}
         if synthetic:
-            _synthetic(params, synthetic, tmp, prefix, rows, counts)
+            relabelled = _synthetic(params, synthetic, tmp, prefix, rows, counts)
             frames = {kind: pd.DataFrame(kind_rows) for kind, kind_rows in rows.items()}
             for kind in synthetic & set(CLASSIFICATION):
                 _check_known_labels(frames[kind], labels, kind)
@@ -141,7 +148,9 @@ def download_stage(*, params: Params, out: Path, data_root: Path | None = None,
             "laterality": LATERALITY_NOTE,
         }
         if synthetic:
-            meta["acquisition"] = {"in_domain": IN_DOMAIN.describe(), "out_of_domain": OUT_OF_DOMAIN.describe()}
+            ood = next(spec.acquisition for spec in split_specs(params.data) if spec.kind == "cls_ood")
+            meta["acquisition"] = {"in_domain": IN_DOMAIN.describe(), "out_of_domain": ood.describe()}
+            meta["synthetic"] = {**params.data.synthetic.model_dump(), "relabelled": relabelled}
         if tasks:
             meta["real"] = {kind: {"source": task.source, "from": task.where, "resize": params.data.resize,
                                    "left_out": dict(task.dropped)} for kind, task in tasks.items()}

@@ -1,9 +1,10 @@
 """Report-style captions and VQA pairs for synthetic cases, from templates.
 
-Captions vary phrasing, synonyms, sentence order and the negated findings, but always name the case's
-finding with its side (the patient's side), zone and size words, and never negate the finding present.
-Questions mix closed yes/no questions (balanced between the present finding and absent ones) with open
-questions whose answers are lowercase words: a finding name or "none", "left"/"right", a zone or a size.
+Captions vary phrasing, synonyms, sentence order and the negated findings, but always name every finding
+drawn (the primary one first, then a second finding if any) with its side (the patient's side), zone and size
+words, and never negate a finding present. Questions mix closed yes/no questions (balanced between the primary
+finding and the others) with open questions whose answers are lowercase words: a finding name or "none",
+"left"/"right", a zone or a size. The main abnormality is always the primary (label) finding.
 """
 
 from __future__ import annotations
@@ -130,17 +131,23 @@ def finding_sentence(case: Case, rng: np.random.Generator) -> str:
     )
 
 
+def _present(case: Case) -> set[str]:
+    return {finding.finding for finding in case.findings}
+
+
 def write_caption(case: Case, rng: np.random.Generator) -> str:
-    """A short radiology-report caption for `case` (well under 40 BPE tokens)."""
-    absent = [finding for finding in ABNORMAL if finding != case.finding]
-    negated = rng.choice(len(absent), size=int(rng.integers(1, 3)), replace=False)
+    """A short radiology-report caption for `case` (one finding: <= 40 BPE tokens; two: <= 48)."""
+    absent = [finding for finding in ABNORMAL if finding not in _present(case)]
+    # Two stated findings leave room for one negation only within the 48-token text context.
+    negations = int(rng.integers(1, 3)) if case.second is None else 1
+    negated = rng.choice(len(absent), size=negations, replace=False)
     sentences = [_pick(rng, _NEGATIONS[absent[i]]) for i in negated]
     if case.finding == "normal":
-        stated = _pick(rng, _NORMAL_SENTENCES)
+        stated = [_pick(rng, _NORMAL_SENTENCES)]
     else:
-        stated = finding_sentence(case, rng)
+        stated = [finding_sentence(finding, rng) for finding in case.findings]
     position = 0 if rng.random() < _FINDING_FIRST_PROBABILITY else int(rng.integers(1, len(sentences) + 1))
-    sentences.insert(position, stated)
+    sentences[position:position] = stated
     if len(sentences) == 2 and rng.random() < _OPENER_PROBABILITY:  # openers only on short captions: <= 40 tokens
         sentences.insert(0, _pick(rng, _OPENERS))
     return " ".join(_capitalise(sentence) for sentence in sentences)
@@ -148,26 +155,27 @@ def write_caption(case: Case, rng: np.random.Generator) -> str:
 
 def write_questions(case: Case, rng: np.random.Generator) -> list[Question]:
     """2 to 4 VQA pairs about `case`: a presence question, the main abnormality, and optional extras."""
+    present = _present(case)
     if case.finding != "normal" and rng.random() < _ASK_PRESENT_PROBABILITY:
         asked = case.finding
-    else:
-        absent = [finding for finding in ABNORMAL if finding != case.finding]
-        asked = absent[rng.integers(len(absent))]
-    yes_no = "yes" if asked == case.finding else "no"
+    else:  # one of the other findings, which is present when it is the case's second finding
+        others = [finding for finding in ABNORMAL if finding != case.finding]
+        asked = others[rng.integers(len(others))]
+    yes_no = "yes" if asked in present else "no"
     questions = [
         Question(_pick(rng, _PRESENCE_QUESTIONS).format(what=_ASKED_AS[asked]), yes_no, "closed"),
         Question(_pick(rng, _MAIN_QUESTIONS), case.finding if case.finding != "normal" else NO_FINDING_ANSWER, "open"),
     ]
     extras = []
     if asked != "cardiomegaly" and rng.random() < _HEART_QUESTION_PROBABILITY:
-        extras.append(Question(_pick(rng, _HEART_QUESTIONS), "yes" if case.finding == "cardiomegaly" else "no",
-                               "closed"))
-    noun = _noun(case)
-    if case.finding in LATERALISED:
-        extras.append(Question(_pick(rng, _SIDE_QUESTIONS).format(noun=noun), case.side, "open"))
-        extras.append(Question(_pick(rng, _SIZE_QUESTIONS).format(noun=noun), case.size, "open"))
-    if case.finding in ZONED:
-        extras.append(Question(_pick(rng, _ZONE_QUESTIONS).format(noun=noun), case.zone, "open"))
+        extras.append(Question(_pick(rng, _HEART_QUESTIONS), "yes" if "cardiomegaly" in present else "no", "closed"))
+    for finding in case.findings:  # each names its finding, so the two findings' questions never clash
+        noun = _noun(finding)
+        if finding.finding in LATERALISED:
+            extras.append(Question(_pick(rng, _SIDE_QUESTIONS).format(noun=noun), finding.side, "open"))
+            extras.append(Question(_pick(rng, _SIZE_QUESTIONS).format(noun=noun), finding.size, "open"))
+        if finding.finding in ZONED:
+            extras.append(Question(_pick(rng, _ZONE_QUESTIONS).format(noun=noun), finding.zone, "open"))
     chosen = rng.permutation(len(extras))[: int(rng.integers(0, MAX_QUESTIONS - 1))]
     questions.extend(extras[i] for i in sorted(chosen))
     order = rng.permutation(len(questions))

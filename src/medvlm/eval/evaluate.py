@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from medvlm.data.cached_features import CLASSIFICATION_SPLITS, VQA_SPLITS, load_feature_split, read_features_meta
+from medvlm.data.manifest import read_manifest
 from medvlm.eval.bootstrap import bootstrap_intervals
 from medvlm.eval.metrics import (
     classification_chance,
@@ -31,7 +33,7 @@ from medvlm.eval.metrics import (
 from medvlm.eval.plot_data import write_plot_data
 from medvlm.eval.spectrum import feature_spectrum
 from medvlm.eval.tasks import TEST_TASKS
-from medvlm.io import DataError, atomic_dir, write_json
+from medvlm.io import DataError, atomic_dir, write_items, write_json
 from medvlm.models.heads import Head, head_paths, load_head
 from medvlm.params import BootstrapParams, Params
 from medvlm.runtime import log, resolve_device
@@ -99,11 +101,27 @@ def scored_vqa(labels: np.ndarray, predictions: np.ndarray, closed: np.ndarray, 
     return metrics
 
 
-def evaluate_stage(*, params: Params, features: Path, heads: Path, robustness: Path, live: Path, out: Path,
-                   plots: Path) -> dict[str, Any]:
+def item_keys(data: Path, data_root: Path, features: Path, splits: dict[str, dict[str, torch.Tensor]],
+               ) -> dict[str, pd.DataFrame]:
+    """Per task, the test items' ids and groups (the image path: VQA questions on one image form a group), in
+    the cached features' row order."""
+    items = {}
+    for task_name, task in TEST_TASKS.items():
+        frame = read_manifest(data, task.manifest, data_root, split="test")
+        if len(frame) != len(splits[task.split]["y"]):
+            raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but "
+                            f"{features}/{task.split}.safetensors has {len(splits[task.split]['y'])}; "
+                            "re-run features after download")
+        items[task_name] = pd.DataFrame({"item": frame["id"].to_numpy(), "group": frame["image"].to_numpy()})
+    return items
+
+
+def evaluate_stage(*, params: Params, data: Path, features: Path, heads: Path, robustness: Path, live: Path,
+                   out: Path, plots: Path, items: Path, data_root: Path = Path("data")) -> dict[str, Any]:
     """Score `heads/<method>/{cls_id,vqa}` for every method in params.heads.methods on the cached test
-    features; write the metrics JSON to `out`, and figures + plot data (with the robustness metrics in
-    `robustness/<method>.json` and the DVCLive curves under `live`) to the folder `plots`."""
+    features; write the metrics JSON to `out`, each test item's label, prediction and correctness to the
+    parquet table `items`, and figures + plot data (with the robustness metrics in `robustness/<method>.json`
+    and the DVCLive curves under `live`) to the folder `plots`."""
     meta = read_features_meta(features)
     n_labels, n_answers = len(meta["labels"]), len(meta["answers"])
     splits = {name: load_feature_split(features, name) for name in (*CLASSIFICATION_SPLITS, *VQA_SPLITS)}
@@ -111,8 +129,10 @@ def evaluate_stage(*, params: Params, features: Path, heads: Path, robustness: P
     batch_size = params.evaluate.batch_size
     bootstrap = params.evaluate.bootstrap
     device = resolve_device(params.device)
+    identities = item_keys(data, data_root, features, splits)
 
     results: dict[str, Any] = {}
+    tables = []
     predictions: dict[str, dict[str, np.ndarray]] = {}
     for method in params.heads.methods:
         directory = Path(heads) / method
@@ -123,6 +143,10 @@ def evaluate_stage(*, params: Params, features: Path, heads: Path, robustness: P
             probabilities = _split_probabilities(loaded[task.head], features, splits[task.split], task.split,
                                                  batch_size)
             predictions[method][task_name] = probabilities.argmax(axis=1)
+            tables.append(identities[task_name].assign(
+                method=method, task=task_name, label=labels[task.split],
+                prediction=predictions[method][task_name],
+                correct=predictions[method][task_name] == labels[task.split]))
             results[method][task_name] = (
                 scored_vqa(labels[task.split], predictions[method][task_name],
                            splits[task.split]["closed"].numpy(), bootstrap, params.seed)
@@ -145,6 +169,8 @@ def evaluate_stage(*, params: Params, features: Path, heads: Path, robustness: P
                         labels={task_name: labels[task.split] for task_name, task in TEST_TASKS.items()},
                         predictions=predictions, chance=results["chance"],
                         robustness=Path(robustness), robust=params.evaluate.robust, live=Path(live))
+        write_items(items, pd.concat(tables, ignore_index=True)[
+            ["method", "task", "item", "group", "label", "prediction", "correct"]])
         write_json(out, results)
     log.info("wrote metrics for %s to %s and figures to %s", ", ".join(params.heads.methods), out, plots)
     return results

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_featu
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.eval.bootstrap import accuracy_interval
 from medvlm.eval.tasks import TEST_TASKS, eps_key
-from medvlm.io import DataError, write_json
+from medvlm.io import DataError, write_items, write_json
 from medvlm.models.clip import MedClip, load_clip
 from medvlm.models.heads import Head, load_head
 from medvlm.params import Params, RobustnessParams
@@ -81,10 +82,12 @@ def encoder_head_classifier(clip: MedClip, head: Head, vqa: bool) -> Classifier:
     return classify
 
 
-def attack_subset(n_items: int, size: int, seed: int, task_index: int) -> torch.Tensor:
-    """The fixed seeded subset (sorted indices) of a test set that is attacked; all of it when smaller."""
+def attack_subsets(n_items: int, sizes: tuple[int, ...], seed: int, task_index: int) -> list[torch.Tensor]:
+    """Nested seeded subsets (sorted indices) of a test set: the first `size` items of one permutation that
+    depends only on (seed, task), so every run with the same seed attacks the same items; all when smaller."""
     generator = torch.Generator().manual_seed(seed * 1000 + task_index)
-    return torch.randperm(n_items, generator=generator)[:size].sort().values
+    order = torch.randperm(n_items, generator=generator)
+    return [order[:size].sort().values for size in sizes]
 
 
 def _batched_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor,
@@ -114,24 +117,26 @@ def strong_pgd_check(classify: Classifier, pixels: torch.Tensor, labels: torch.T
         on_device = survivors.to(pixels.device)
         strong[survivors] = _batched_correct(classify, pixels[on_device], labels[on_device],
                                              None if context is None else context[on_device],
-                                             eps=robust.check_eps_255, steps=robust.check_steps, robust=robust,
+                                             eps=robust.main_eps_255, steps=robust.check_steps, robust=robust,
                                              generator=generator).cpu()
     return strong
 
 
 def _task_inputs(task_name: str, *, split: dict[str, torch.Tensor], data: Path, features: Path, data_root: Path,
                  rows: torch.Tensor, image_dim: int, device: torch.device,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(pixels, labels, question embeddings or None, cached clean features) of the subset `rows` of `split`."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, pd.DataFrame]:
+    """(pixels, labels, question embeddings or None, cached clean features, the rows' manifest entries) of the
+    subset `rows` of `split`."""
     task = TEST_TASKS[task_name]
     frame = read_manifest(data, task.manifest, data_root, split="test")
     if len(frame) != len(split["y"]):
         raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but {features}/{task.split}"
                         f".safetensors has {len(split['y'])}; re-run features after download")
-    pixels = to_pixels(load_images(data_root, list(frame["image"].iloc[rows.numpy()]))).to(device)
+    entries = frame.iloc[rows.numpy()]
+    pixels = to_pixels(load_images(data_root, list(entries["image"]))).to(device)
     cached = split["x"][rows]
     questions = cached[:, image_dim:2 * image_dim].to(device) if task_name == "vqa" else None
-    return pixels, split["y"][rows].to(device), questions, cached[:, :image_dim]
+    return pixels, split["y"][rows].to(device), questions, cached[:, :image_dim], entries
 
 
 def _check_features_match(clip: MedClip, pixels: torch.Tensor, cached: torch.Tensor, where: str) -> None:
@@ -144,48 +149,60 @@ def _check_features_match(clip: MedClip, pixels: torch.Tensor, cached: torch.Ten
 
 
 def robustness_stage(*, params: Params, method: str, data: Path, features: Path, clip: Path, heads: Path,
-                     out: Path, data_root: Path = Path("data")) -> dict[str, Any]:
-    """Attack `heads/<method>` through the CLIP in `clip` on every test task; write metrics JSON to `out`."""
+                     out: Path, items: Path, data_root: Path = Path("data")) -> dict[str, Any]:
+    """Attack `heads/<method>` through the CLIP in `clip` on every test task; write metrics JSON to `out` and the
+    per-item correctness (clean and at every radius; NA where a radius did not attack the item) to `items`."""
     robust = params.evaluate.robust
     seed_everything(params.seed)
     device = resolve_device(params.device)
     image_dim = int(read_features_meta(features)["dims"]["cls_id"])
     model = load_clip(clip, device=device).eval().requires_grad_(False)
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"main_eps_255": robust.main_eps_255}
+    tables = []
     attacked = 0
     start_time = time.perf_counter()
     for task_index, (task_name, task) in enumerate(TEST_TASKS.items()):
         split = load_feature_split(features, task.split)
-        rows = attack_subset(len(split["y"]), robust.n_images, params.seed, task_index)
-        pixels, labels, questions, cached = _task_inputs(task_name, split=split, data=data, features=features,
-                                                         data_root=data_root, rows=rows, image_dim=image_dim,
-                                                         device=device)
+        rows, small = attack_subsets(len(split["y"]), (robust.main_n_images, robust.n_images), params.seed,
+                                     task_index)
+        pixels, labels, questions, cached, entries = _task_inputs(
+            task_name, split=split, data=data, features=features, data_root=data_root, rows=rows,
+            image_dim=image_dim, device=device)
         _check_features_match(model, pixels, cached, f"{features}/{task.split}.safetensors")
         head = load_head(Path(heads) / method, task.head, device).requires_grad_(False)
         classify = encoder_head_classifier(model, head, vqa=task_name == "vqa")
         generator = torch.Generator().manual_seed(params.seed)
+        in_small = torch.isin(rows, small)  # the other radii attack these positions of the main subset
 
-        task_results: dict[str, Any] = {"n": len(rows)}
+        task_results: dict[str, Any] = {"n": len(small), "n_main": len(rows)}
+        table = pd.DataFrame({"task": task_name, "item": entries["id"].to_numpy(),
+                              "group": entries["image"].to_numpy(), "label": labels.cpu().numpy()})
         correct_at: dict[float, torch.Tensor] = {}
         for eps in tqdm([0.0, *robust.eps_255], desc=f"{method} {task_name} PGD-{robust.steps}", unit="eps"):
-            correct_at[eps] = _batched_correct(classify, pixels, labels, questions, eps=eps, steps=robust.steps,
-                                               robust=robust, generator=generator).cpu()
-            attacked += len(rows) * (robust.steps if eps else 1)
+            where = slice(None) if eps in (0.0, robust.main_eps_255) else in_small.to(pixels.device)
+            correct_at[eps] = _batched_correct(classify, pixels[where], labels[where],
+                                               None if questions is None else questions[where], eps=eps,
+                                               steps=robust.steps, robust=robust, generator=generator).cpu()
+            attacked += len(correct_at[eps]) * (robust.steps if eps else 1)
             key = "clean" if eps == 0 else eps_key(eps)
+            column = pd.array([pd.NA] * len(rows), dtype="boolean")
+            column[in_small.numpy() if isinstance(where, torch.Tensor) else slice(None)] = correct_at[eps].numpy()
+            table[key] = column
             task_results[key] = {
                 "accuracy": float(correct_at[eps].float().mean()),
+                "n": len(correct_at[eps]),
                 "ci": accuracy_interval(correct_at[eps].numpy(), params=params.evaluate.bootstrap, seed=params.seed),
             }
         check = slice(0, robust.check_images)
-        weak = correct_at[robust.check_eps_255][check]
+        weak = correct_at[robust.main_eps_255][check]
         strong = strong_pgd_check(classify, pixels[check], labels[check],
                                   None if questions is None else questions[check], weak, robust=robust,
                                   generator=generator)
         survivors = int(weak.sum())
         attacked += survivors * robust.check_steps
         task_results["convergence"] = {
-            "eps_255": robust.check_eps_255,
+            "eps_255": robust.main_eps_255,
             "n": len(weak),
             "steps": robust.steps,
             "accuracy": float(weak.float().mean()),
@@ -193,14 +210,16 @@ def robustness_stage(*, params: Params, method: str, data: Path, features: Path,
             "strong_accuracy": float(strong.float().mean()),
         }
         results[task_name] = task_results
+        tables.append(table)
         log.info("%s %s: clean %.3f, %s; PGD-%d vs PGD-%d then PGD-%d at eps %g/255 on %d images: %.3f vs %.3f",
                  method, task_name, task_results["clean"]["accuracy"],
-                 ", ".join(f"{eps:g}/255 {task_results[eps_key(eps)]['accuracy']:.3f}" for eps in robust.eps_255),
-                 robust.steps, robust.steps, robust.check_steps, robust.check_eps_255, len(weak),
+                 ", ".join(f"{eps:g}/255 {task_results[eps_key(eps)]['accuracy']:.3f} (n={task_results[eps_key(eps)]['n']})"
+                           for eps in robust.eps_255),
+                 robust.steps, robust.steps, robust.check_steps, robust.main_eps_255, len(weak),
                  task_results["convergence"]["accuracy"], task_results["convergence"]["strong_accuracy"])
     seconds = time.perf_counter() - start_time
     log.info("%s: %d image-gradient steps (upper bound) in %.1f s (%.0f images x steps/s)", method, attacked,
              seconds, attacked / max(seconds, 1e-9))
+    write_items(items, pd.concat(tables, ignore_index=True))
     write_json(out, results)
     return results
-

@@ -1,136 +1,138 @@
-"""The report's numbers as tables: rows noise ratio × method, columns task × (clean, robust), with intervals."""
+"""The report's markdown tables: runs, claims, minimum detectable differences, conditions, radii."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from medvlm.eval.tasks import TEST_TASKS, eps_key
-from medvlm.report.collect import ReportError, Run
+from medvlm.eval.tasks import TEST_TASKS
+from medvlm.report.conditions import Condition
+from medvlm.report.contrasts import Row
+from medvlm.report.study import CLEAN, radius_of
+from medvlm.report.summary import Summary, condition_metric
 
 TASK_TITLES = {"cls_id": "in-domain", "cls_ood": "out-of-domain", "vqa": "VQA"}
-
-
-@dataclass(frozen=True)
-class Cell:
-    value: float | None
-    interval: tuple[float, float] | None = None
-
-    def text(self) -> str:
-        if self.value is None:
-            return "–"
-        if self.interval is None:
-            return f"{self.value:.3f}"
-        return f"{self.value:.3f} [{self.interval[0]:.3f}, {self.interval[1]:.3f}]"
-
-
-def clean_cell(run: Run, method: str, task: str, metric: str = "accuracy") -> Cell:
-    scores = run.evaluation().get(method, {}).get(task)
-    if scores is None:
-        return Cell(None)
-    interval = scores.get("ci", {}).get(metric)
-    return Cell(scores.get(metric), tuple(interval) if interval else None)
-
-
-def robust_cell(run: Run, method: str, task: str, eps_255: float) -> Cell:
-    results = run.robustness(method)
-    entry = (results or {}).get(task, {}).get(eps_key(eps_255))
-    if entry is None:
-        return Cell(None)
-    return Cell(entry["accuracy"], tuple(entry["ci"]))
-
-
-def methods_of(runs: Sequence[Run]) -> list[str]:
-    """Methods in the order of the first run's params (the paper's LP, MLP, NMTune, RAN by default)."""
-    methods: list[str] = []
-    for run in runs:
-        methods += [m for m in run.params["heads"]["methods"] if m not in methods]
-    return methods
-
-
-def common_radii(runs: Sequence[Run]) -> list[float]:
-    """Radii every run attacked with (from its params), sorted."""
-    radii = [set(run.params.get("evaluate", {}).get("robust", {}).get("eps_255", [])) for run in runs]
-    common = sorted(set.intersection(*radii)) if radii else []
-    if not common:
-        raise ReportError("the runs share no robustness radius (evaluate.robust.eps_255)")
-    return common
+ONE_SEED = "†"
+"""Marks a number from one seed: its interval (or test) is over items only, without training variance."""
+Summaries = Mapping[tuple[Condition, str, str, str], Summary | None]
+"""(condition, method, task, metric) -> its summary."""
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    # Four lines of our own rather than DataFrame.to_markdown, which needs the `tabulate` package.
+    # A few lines of our own rather than DataFrame.to_markdown, which needs the `tabulate` package.
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def main_table(runs: Sequence[Run], methods: Sequence[str], eps_255: float) -> str:
-    """Accuracy per task, clean and under PGD at `eps_255`, each with its 95 % interval."""
-    header = ["noise ratio", "method"]
-    header += [f"{TASK_TITLES[task]} clean" for task in TEST_TASKS]
-    header += [f"{TASK_TITLES[task]} PGD ε={eps_255:g}/255" for task in TEST_TASKS]
+def radius_title(metric: str) -> str:
+    """'eps_0p5' -> 'ε=0.5/255'."""
+    return f"ε={radius_of(metric):g}/255"
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _spread(values: Sequence[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def cell(summary: Summary | None, *, interval: bool = True) -> str:
+    if summary is None:
+        return "–"
+    sd = "–" if summary.sd is None else f"{summary.sd:.3f}"
+    text = f"{summary.mean:.3f} ± {sd}"
+    if interval and summary.interval is not None:
+        text += f" [{summary.interval[0]:.3f}, {summary.interval[1]:.3f}]"
+    return text + (ONE_SEED if len(summary.per_seed) == 1 else "")
+
+
+def runs_table(*, conditions: Sequence[Condition]) -> str:
+    rows = [[run.name, run.rev[:7], condition.name, str(run.seed)]
+            for condition in conditions for run in condition.runs]
+    return markdown_table(["run", "rev", "condition", "seed"], rows)
+
+
+def claims_table(*, rows: Sequence[Row]) -> str:
+    header = ["claim", "method", "task", "metric", "contrast", "estimate", "95 % interval", "p", "Holm p", "verdict",
+              "MDD", "seeds", "items / seed"]
+    lines = []
+    for row in rows:
+        contrast, result = row.contrast, row.result
+        start = [row.claim, contrast.method, contrast.task, contrast.metric, contrast.what]
+        if result is None:
+            lines.append([*start, "–", "–", "–", "–", f"not computed: {row.problem}", "–", "–", "–"])
+            continue
+        items = _spread(row.items) + (f" ({row.dropped} unpaired dropped)" if row.dropped else "")
+        lines.append([*start, f"{result.estimate:+.3f}", f"[{result.low:+.3f}, {result.high:+.3f}]", _p(result.p),
+                      _p(row.p_adjusted), f"**{row.verdict}**", f"{result.mdd:.3f}",
+                      f"{result.seeds}{ONE_SEED if result.seeds == 1 else ''}", items])
+    return markdown_table(header, lines)
+
+
+def mdd_table(*, rows: Sequence[Row], methods: Sequence[str]) -> str:
+    """Per comparison, task and metric: each method's paired MDD and their median."""
+    by_key: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in rows:
+        key = (row.contrast.what, TASK_TITLES.get(row.contrast.task, row.contrast.task), row.contrast.metric)
+        if row.result is not None:
+            by_key.setdefault(key, {})[row.contrast.method] = row.result.mdd
+    lines = []
+    for (what, task, metric), mdds in by_key.items():
+        values = [f"{mdds[m]:.3f}" if m in mdds else "–" for m in methods]
+        lines.append([what, task, metric, *values, f"{np.median(list(mdds.values())):.3f}"])
+    return markdown_table(["contrast", "task", "metric", *methods, "median"], lines)
+
+
+def condition_table(*, conditions: Sequence[Condition]) -> str:
+    """Seeds, pre-training retrieval recall and attack success rate per condition (mean ± SD over seeds)."""
+    columns = (("pre-training i2t R@5", "metrics/pretrain.json", "i2t_r5"),
+               ("pre-training t2i R@5", "metrics/pretrain.json", "t2i_r5"),
+               ("attack success rate", "metrics/attack.json", "success_rate"))
     rows = []
-    for run in runs:
-        for method in methods:
-            cells = [clean_cell(run, method, task) for task in TEST_TASKS]
-            cells += [robust_cell(run, method, task, eps_255) for task in TEST_TASKS]
-            rows.append([f"{run.noise_ratio:g}", method, *(cell.text() for cell in cells)])
+    for condition in conditions:
+        values = []
+        for _, path, name in columns:
+            found = condition_metric(condition=condition, path=path, name=name)
+            values.append("–" if found is None else
+                          f"{found[0]:.3f} ± {'–' if found[1] is None else f'{found[1]:.3f}'}")
+        rows.append([condition.name, ", ".join(map(str, condition.seeds)), *values])
+    return markdown_table(["condition", "seeds", *(title for title, _, _ in columns)], rows)
+
+
+def accuracy_table(*, conditions: Sequence[Condition], methods: Sequence[str], summaries: Summaries,
+                   robust_metric: str) -> str:
+    """Clean and main-radius robust accuracy per condition × method and task: mean ± SD [two-level interval]."""
+    metrics = ((CLEAN, "clean"), (robust_metric, radius_title(robust_metric)))
+    header = ["condition", "method", "seeds", *(f"{TASK_TITLES[task]} {title}" for task in TEST_TASKS
+                                               for _, title in metrics)]
+    rows = [[condition.name, method, str(len(condition.seeds)),
+             *(cell(summaries.get((condition, method, task, metric))) for task in TEST_TASKS for metric, _ in metrics)]
+            for condition in conditions for method in methods]
     return markdown_table(header, rows)
 
 
-def detail_table(runs: Sequence[Run], methods: Sequence[str]) -> str:
-    """Macro-F1 and macro-AUROC (classification) and closed/open VQA accuracy, point estimates."""
-    header = ["noise ratio", "method", "in-domain F1", "in-domain AUROC", "out-of-domain F1",
-              "out-of-domain AUROC", "VQA closed", "VQA open"]
-    rows = []
-    for run in runs:
-        for method in methods:
-            cells = [clean_cell(run, method, task, metric) for task in ("cls_id", "cls_ood")
-                     for metric in ("macro_f1", "macro_auroc")]
-            cells += [clean_cell(run, method, "vqa", metric) for metric in ("closed_accuracy", "open_accuracy")]
-            rows.append([f"{run.noise_ratio:g}", method, *(Cell(cell.value).text() for cell in cells)])
+def radius_table(*, conditions: Sequence[Condition], methods: Sequence[str], summaries: Summaries,
+                 radii: Sequence[str]) -> str:
+    """Robust accuracy at every radius (mean ± SD over seeds)."""
+    header = ["condition", "method", *(f"{TASK_TITLES[task]} {radius_title(r)}" for task in TEST_TASKS for r in radii)]
+    rows = [[condition.name, method, *(cell(summaries.get((condition, method, task, r)), interval=False)
+                                       for task in TEST_TASKS for r in radii)]
+            for condition in conditions for method in methods]
     return markdown_table(header, rows)
 
 
-def robustness_table(runs: Sequence[Run], methods: Sequence[str], radii: Sequence[float]) -> str:
-    """Robust accuracy at every radius, and the convergence check (PGD-steps vs PGD-steps then the stronger PGD)."""
-    header = ["noise ratio", "method"]
-    header += [f"{TASK_TITLES[task]} ε={eps:g}" for task in TEST_TASKS for eps in radii]
-    header += [f"{TASK_TITLES[task]} check" for task in TEST_TASKS]
-    rows = []
-    for run in runs:
-        for method in methods:
-            cells = [robust_cell(run, method, task, eps).value for task in TEST_TASKS for eps in radii]
-            results = run.robustness(method) or {}
-            checks = []
-            for task in TEST_TASKS:
-                check = results.get(task, {}).get("convergence")
-                checks.append("–" if check is None else
-                              f"{check['accuracy']:.3f} → {check['strong_accuracy']:.3f}")
-            rows.append([f"{run.noise_ratio:g}", method, *(Cell(v).text() for v in cells), *checks])
-    return markdown_table(header, rows)
-
-
-def spectrum_table(runs: Sequence[Run]) -> str:
-    header = ["noise ratio", "SV entropy (ID train)", "top SV ratio (ID train)", "SV entropy (OOD test)",
-              "top SV ratio (OOD test)"]
-    rows = []
-    for run in runs:
-        spectrum = run.evaluation().get("spectrum", {})
-        values = [spectrum.get(split, {}).get(key) for split in ("cls_id_train", "cls_ood_test")
-                  for key in ("sv_entropy", "top_sv_ratio")]
-        rows.append([f"{run.noise_ratio:g}", *(Cell(v).text() for v in values)])
-    return markdown_table(header, rows)
-
-
-def series(runs: Sequence[Run], method: str, task: str, eps_255: float | None = None) -> tuple:
-    """(noise ratios, values, 2×N interval) of one method's accuracy on one task across the runs."""
-    cells = [clean_cell(run, method, task) if eps_255 is None else robust_cell(run, method, task, eps_255)
-             for run in runs]
-    keep = [i for i, cell in enumerate(cells) if cell.value is not None]
-    ratios = np.array([runs[i].noise_ratio for i in keep])
-    values = np.array([cells[i].value for i in keep])
-    intervals = np.array([cells[i].interval or (cells[i].value, cells[i].value) for i in keep]).T
-    return ratios, values, intervals.reshape(2, len(keep))
+def item_counts(*, conditions: Sequence[Condition], methods: Sequence[str], summaries: Summaries,
+                metrics: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Task -> metric -> items per seed scored (range over runs and methods), read from the item tables."""
+    counts: dict[str, dict[str, str]] = {}
+    for task in TEST_TASKS:
+        for metric in metrics:
+            found = [n for c in conditions for m in methods
+                     if (summary := summaries.get((c, m, task, metric))) is not None for n in summary.items]
+            if found:
+                counts.setdefault(task, {})[metric] = _spread(found)
+    return counts
