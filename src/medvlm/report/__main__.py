@@ -81,12 +81,13 @@ def queue(
     """Queue the study's grid (seeds x noise ratios, plus the random-noise control) as DVC experiments."""
     def action() -> None:
         points = study_grid(seeds=seeds, ratios=ratios, random_ratios=random)
-        names = queue_grid(repo=repo, study=study, points=points, overrides=set_)
-        if start and names:
+        queue_grid(repo=repo, study=study, points=points, overrides=set_)
+        if start:
             run_queue(repo=repo, jobs=jobs)
-            finished = [run for run in runs_from_experiments(repo=repo) if run.name in set(names)]
+            grid = {point.name for point in points}
+            finished = [run for run in runs_from_experiments(repo=repo) if run.name in grid]
             written = save_runs(repo=repo, study=study, runs=finished)
-            log.info("saved %d of the %d queued experiments into %s", len(written), len(names), study)
+            log.info("saved %d finished experiments of the grid's %d into %s", len(written), len(grid), study)
     _guarded(action)
 
 
