@@ -1,9 +1,9 @@
 """`python -m medvlm.report`: save runs into a study folder, then build the study report from it.
 
-    python -m medvlm.report save --study reports/sweep                 # the HEAD commit's finished experiments
-    python -m medvlm.report save --study reports/sweep --exp a --exp b # only these experiments
+    python -m medvlm.report save --study reports/study                 # the HEAD commit's finished experiments
+    python -m medvlm.report save --study reports/study --exp a --exp b # only these experiments
     python -m medvlm.report save --study reports/branches --rev main --rev noisier
-    python -m medvlm.report build --study reports/sweep --notes reports/sweep-notes.md
+    python -m medvlm.report build --study reports/study --notes reports/study-notes.md
     python -m medvlm.report queue --study reports/study --ratios 0 --ratios 0.1 --ratios 0.3 --start
 """
 
@@ -85,7 +85,8 @@ def queue(
         if start:
             run_queue(repo=repo, jobs=jobs)
             grid = {point.name for point in points}
-            finished = [run for run in runs_from_experiments(repo=repo) if run.name in grid]
+            # every commit's: HEAD may have moved on while the queue ran
+            finished = [run for run in runs_from_experiments(repo=repo, all_commits=True) if run.name in grid]
             written = save_runs(repo=repo, study=study, runs=finished)
             log.info("saved %d finished experiments of the grid's %d into %s", len(written), len(grid), study)
     _guarded(action)

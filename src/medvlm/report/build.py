@@ -133,7 +133,9 @@ def build_report(*, study: Path, out: Path, notes: Path | None = None, eps_255: 
         "## Claims", "\n".join(claim_lines), claims_table(rows=rows),
         "## Minimum detectable differences",
         f"Paired MDD of the 0.3 − 0 contrast per method (clean, and robust at {radius_title(main)}), and the median "
-        "over methods: smaller true effects are likely to go undetected at this number of seeds and items.",
+        "over methods: smaller true effects are likely to go undetected at this number of seeds and items. The "
+        "last column is the median MDD the item noise alone would allow: where it is much smaller than the MDD, "
+        "the spread across seeds dominates, and only more seeds, not more test items, would lower it.",
         *([mdd_table(rows=mdd_rows, methods=methods)] if any(row.result for row in mdd_rows) else []),
         *(["\n".join(f"- {note}" for note in mdd_notes)] if mdd_notes else []),
     ]

@@ -58,6 +58,9 @@ class PairedEstimate:
     seeds: int
     test: str
     """'z' (across seeds, random-effects SE) or 'sign-flip' (one seed: items only)."""
+    mdd_items: float
+    """The MDD the item noise alone would allow (SE² = mean_s v_s / S): the floor more test items can lower,
+    beside `mdd`, which only more seeds can lower once the spread across seeds dominates."""
 
 
 def mdd(*, se: float, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -98,8 +101,10 @@ def paired_estimate(*, seeds: Sequence[Sequence[TaskItems]], alpha: float = ALPH
         p = _sign_flip_p(contributions, resamples, rng_seed)
         test = "sign-flip"
     half = float(norm.ppf(1 - alpha / 2) * se)
+    item_se = float(np.sqrt(variances.mean() / n_seeds))
     return PairedEstimate(estimate=estimate, se=se, low=estimate - half, high=estimate + half, p=p,
-                          mdd=mdd(se=se, alpha=alpha, power=power), seeds=n_seeds, test=test)
+                          mdd=mdd(se=se, alpha=alpha, power=power), seeds=n_seeds, test=test,
+                          mdd_items=mdd(se=item_se, alpha=alpha, power=power))
 
 
 def two_level_interval(*, seeds: Sequence[TaskItems], resamples: int = 2000, confidence: float = 0.95,

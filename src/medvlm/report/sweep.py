@@ -67,8 +67,8 @@ def queue_grid(*, repo: Path, study: Path, points: Sequence[GridPoint], override
 
 def run_queue(*, repo: Path, jobs: int) -> None:
     """`dvc queue start -j jobs`, then wait until nothing is queued or running; failed experiments are named."""
-    _dvc(repo, "queue", "start", "-j", str(jobs))
     start = time.perf_counter()
+    _dvc(repo, "queue", "start", "-j", str(jobs))
     while True:
         pending = [entry for entry in _queue_status(repo) if entry["status"] in ("Queued", "Running")]
         if not pending:

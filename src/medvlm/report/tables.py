@@ -74,17 +74,19 @@ def claims_table(*, rows: Sequence[Row]) -> str:
 
 
 def mdd_table(*, rows: Sequence[Row], methods: Sequence[str]) -> str:
-    """Per comparison, task and metric: each method's paired MDD and their median."""
-    by_key: dict[tuple[str, str, str], dict[str, float]] = {}
+    """Per comparison, task and metric: each method's paired MDD and their median, and beside it the median MDD
+    the item noise alone would allow (what more test items could still buy)."""
+    by_key: dict[tuple[str, str, str], dict[str, tuple[float, float]]] = {}
     for row in rows:
         key = (row.contrast.what, TASK_TITLES.get(row.contrast.task, row.contrast.task), row.contrast.metric)
         if row.result is not None:
-            by_key.setdefault(key, {})[row.contrast.method] = row.result.mdd
+            by_key.setdefault(key, {})[row.contrast.method] = (row.result.mdd, row.result.mdd_items)
     lines = []
     for (what, task, metric), mdds in by_key.items():
-        values = [f"{mdds[m]:.3f}" if m in mdds else "–" for m in methods]
-        lines.append([what, task, metric, *values, f"{np.median(list(mdds.values())):.3f}"])
-    return markdown_table(["contrast", "task", "metric", *methods, "median"], lines)
+        values = [f"{mdds[m][0]:.3f}" if m in mdds else "–" for m in methods]
+        lines.append([what, task, metric, *values, f"{np.median([v[0] for v in mdds.values()]):.3f}",
+                      f"{np.median([v[1] for v in mdds.values()]):.3f}"])
+    return markdown_table(["contrast", "task", "metric", *methods, "median", "median, items only"], lines)
 
 
 def condition_table(*, conditions: Sequence[Condition]) -> str:
