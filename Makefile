@@ -24,7 +24,7 @@ repro: $(STAMP)
 test: $(STAMP)
 	pytest
 
-# Benchmarks against DESIGN §9's references and budgets, one table at the end (benchmarks/summary.py):
+# Benchmarks against the references and budgets listed in README (Benchmarks), one table at the end (benchmarks/summary.py):
 # pre-training vs open_clip's own trainer (open_clip_train), image PGD vs torchattacks, head training times,
 # the real-data decode+resize throughput (printed only, no reference),
 # end-to-end `dvc repro` (wall time, peak memory; in a temporary copy with a fresh cache) and, on a GPU,

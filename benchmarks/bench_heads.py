@@ -4,7 +4,7 @@ The twin of the finetune stage's training call, minus the files: the same traine
 default params (params.yaml's heads.<method>: 30 epochs, batch 64, AdamW + cosine), on N×D synthetic
 features shaped like the cached ones (L2-normalised class directions plus noise, and two augmented
 views for NMTune). Prints one row per method with the best and median wall time of `--repeats` runs and
-the ratio to the budget of DESIGN §9 (LP <= 2 s, RAN <= 10 s; the others have none), after one untimed
+the ratio to its budget (README, Benchmarks: LP <= 2 s, RAN <= 10 s; the others have none), after one untimed
 warm-up epoch per method. The numbers are measured, never asserted: on a shared machine they vary from
 run to run, hence the repeats.
 """
@@ -28,7 +28,7 @@ from medvlm.params import load_params
 from medvlm.runtime import seed_everything
 
 BUDGET_SECONDS = {"lp": 2.0, "ran": 10.0}
-"""DESIGN §9: head training on cached features (10k × 512, 30 epochs, CPU)."""
+"""The budgeted case: head training on cached features (10k × 512, 30 epochs, CPU)."""
 
 
 def synthetic_features(n: int, dim: int, n_classes: int, seed: int) -> dict[str, torch.Tensor]:
