@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 
 from medvlm.data.cached_features import CLASSIFICATION_SPLITS, VQA_SPLITS, load_feature_split, read_features_meta
-from medvlm.data.manifest import read_manifest
 from medvlm.eval.bootstrap import bootstrap_intervals
 from medvlm.eval.metrics import (
     classification_chance,
@@ -32,7 +31,7 @@ from medvlm.eval.metrics import (
 )
 from medvlm.eval.plot_data import write_plot_data
 from medvlm.eval.spectrum import feature_spectrum
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.eval.tasks import TEST_TASKS, read_test_manifest
 from medvlm.io import DataError, atomic_dir, write_items, write_json
 from medvlm.models.heads import Head, head_paths, load_head
 from medvlm.params import BootstrapParams, Params
@@ -107,11 +106,8 @@ def item_keys(data: Path, data_root: Path, features: Path, splits: dict[str, dic
     the cached features' row order."""
     items = {}
     for task_name, task in TEST_TASKS.items():
-        frame = read_manifest(data, task.manifest, data_root, split="test")
-        if len(frame) != len(splits[task.split]["y"]):
-            raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but "
-                            f"{features}/{task.split}.safetensors has {len(splits[task.split]['y'])}; "
-                            "re-run features after download")
+        frame = read_test_manifest(task_name, data=data, data_root=data_root, features=features,
+                                   n_rows=len(splits[task.split]["y"]))
         items[task_name] = pd.DataFrame({"item": frame["id"].to_numpy(), "group": frame["image"].to_numpy()})
     return items
 

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from medvlm.attacks.pgd import linf_ball, random_start_in
 from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_features_meta
-from medvlm.data.manifest import load_images, read_manifest, to_pixels
+from medvlm.data.manifest import load_images, to_pixels
 from medvlm.eval.bootstrap import accuracy_interval
-from medvlm.eval.tasks import TEST_TASKS, eps_key
+from medvlm.eval.tasks import TEST_TASKS, eps_key, read_test_manifest
 from medvlm.io import DataError, write_items, write_json
 from medvlm.models.clip import MedClip, load_clip
 from medvlm.models.heads import Head, load_head
@@ -127,11 +127,7 @@ def _task_inputs(task_name: str, *, split: dict[str, torch.Tensor], data: Path, 
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, pd.DataFrame]:
     """(pixels, labels, question embeddings or None, cached clean features, the rows' manifest entries) of the
     subset `rows` of `split`."""
-    task = TEST_TASKS[task_name]
-    frame = read_manifest(data, task.manifest, data_root, split="test")
-    if len(frame) != len(split["y"]):
-        raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but {features}/{task.split}"
-                        f".safetensors has {len(split['y'])}; re-run features after download")
+    frame = read_test_manifest(task_name, data=data, data_root=data_root, features=features, n_rows=len(split["y"]))
     entries = frame.iloc[rows.numpy()]
     pixels = to_pixels(load_images(data_root, list(entries["image"]))).to(device)
     cached = split["x"][rows]
@@ -180,14 +176,15 @@ def robustness_stage(*, params: Params, method: str, data: Path, features: Path,
                               "group": entries["image"].to_numpy(), "label": labels.cpu().numpy()})
         correct_at: dict[float, torch.Tensor] = {}
         for eps in tqdm([0.0, *robust.eps_255], desc=f"{method} {task_name} PGD-{robust.steps}", unit="eps"):
-            where = slice(None) if eps in (0.0, robust.main_eps_255) else in_small.to(pixels.device)
-            correct_at[eps] = _batched_correct(classify, pixels[where], labels[where],
-                                               None if questions is None else questions[where], eps=eps,
+            where = torch.ones_like(in_small) if eps in (0.0, robust.main_eps_255) else in_small
+            on_device = where.to(pixels.device)
+            correct_at[eps] = _batched_correct(classify, pixels[on_device], labels[on_device],
+                                               None if questions is None else questions[on_device], eps=eps,
                                                steps=robust.steps, robust=robust, generator=generator).cpu()
             attacked += len(correct_at[eps]) * (robust.steps if eps else 1)
             key = "clean" if eps == 0 else eps_key(eps)
             column = pd.array([pd.NA] * len(rows), dtype="boolean")
-            column[in_small.numpy() if isinstance(where, torch.Tensor) else slice(None)] = correct_at[eps].numpy()
+            column[where.numpy()] = correct_at[eps].numpy()
             table[key] = column
             task_results[key] = {
                 "accuracy": float(correct_at[eps].float().mean()),

@@ -4,6 +4,11 @@ key of an attack radius. Kept free of torch and open_clip, so the report and the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,20 @@ TEST_TASKS = {
     "cls_ood": TestTask(split="cls_ood_test", manifest="cls_ood", head="cls_id"),
     "vqa": TestTask(split="vqa_test", manifest="vqa", head="vqa"),
 }
+
+
+def read_test_manifest(task_name: str, *, data: Path, data_root: Path, features: Path, n_rows: int) -> pd.DataFrame:
+    """The manifest rows of a task's test split, checked to match its cached features row for row."""
+    # Imported here: this module stays free of torch (which the manifest and io modules import) for the report.
+    from medvlm.data.manifest import read_manifest  # noqa: PLC0415
+    from medvlm.io import DataError  # noqa: PLC0415
+
+    task = TEST_TASKS[task_name]
+    frame = read_manifest(data, task.manifest, data_root, split="test")
+    if len(frame) != n_rows:
+        raise DataError(f"{data}: the {task.manifest} test split has {len(frame)} rows but {features}/{task.split}"
+                        f".safetensors has {n_rows}; re-run features after download")
+    return frame
 
 
 def eps_key(eps_255: float) -> str:
