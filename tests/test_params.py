@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from medvlm.params import (
     EvaluateParams,
     FeatureParams,
-    HeadParams,
+    Params,
     ParamsError,
     SyntheticParams,
     load_params,
@@ -37,7 +37,7 @@ BAD_PARAMS = [
     ({"surrogate": {"epochs": 1.5}}, "surrogate.epochs", "valid integer"),
     ({"attack": {"image": {"eps_255": -1}}}, "attack.image.eps_255", "greater than or equal to 0"),
     ({"attack": {"image": {"objective": "chaos"}}}, "attack.image.objective", "'targeted' or 'untargeted'"),
-    ({"heads": {"methods": ["lp", "svm"]}}, "heads.methods.1", "'lp'"),
+    ({"heads": {"methods": ["lp", "svm"]}}, "heads.methods", "unknown head method(s) ['svm']; registered: ['lp'"),
     ({"heads": {"methods": []}}, "heads.methods", "at least 1"),
     ({"unknown_top": 1}, "unknown_top", "allowed keys here: seed, device"),
     ({"data": {"colour": "grey"}}, "data.colour", "allowed keys here: image_size, pretrain_train"),
@@ -96,7 +96,7 @@ def test_shipped_params_are_valid():
     assert 0 <= params.noise_ratio < 1
     assert params.heads.methods == ["lp", "mlp", "nmtune", "ran"]
     # params.yaml spells out the schema's head and feature defaults, so the file is the one place to read them
-    assert params.heads == HeadParams() and params.features == FeatureParams()
+    assert params.heads == Params().heads and params.features == FeatureParams()
     assert params.evaluate == EvaluateParams()
     assert params.data.synthetic == SyntheticParams()
 
@@ -110,8 +110,13 @@ def test_bad_params_name_the_key_and_rule(override, key, rule):
     assert rule in message
 
 
-def test_real_data_preset_is_valid_and_differs_only_where_documented():
-    preset = load_params(REPO / "presets" / "real-data.yaml")
+def test_real_data_preset_is_valid_and_differs_only_where_documented(tmp_path):
+    from medvlm.preset import apply_preset  # a preset holds only changed keys: apply it onto params.yaml
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((REPO / "params.yaml").read_text())
+    preset = apply_preset(preset=REPO / "presets" / "real-data.yaml", params=params_file)
+    assert preset == load_params(params_file)
     assert {kind: s.source for kind, s in preset.data.sources().items()} == {
         "pretrain": "roco", "cls_id": "chestxray14", "cls_ood": "chexpert", "vqa": "vqa_rad"}
     assert preset.surrogate.epochs == 0 and preset.model.init == "openai"
