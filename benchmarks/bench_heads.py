@@ -4,7 +4,7 @@ The twin of the finetune stage's training call, minus the files: the same traine
 default params (params.yaml's heads.<method>: 30 epochs, batch 64, AdamW + cosine), on N×D synthetic
 features shaped like the cached ones (L2-normalised class directions plus noise, and two augmented
 views for NMTune). Prints one row per method with the best and median wall time of `--repeats` runs and
-the ratio to its budget (README, Benchmarks: LP <= 2 s, RAN <= 10 s; the others have none), after one untimed
+the ratio to its budget (docs/benchmarks.md: LP <= 2 s, RAN <= 10 s; the others have none), after one untimed
 warm-up epoch per method. The numbers are measured, never asserted: on a shared machine they vary from
 run to run, hence the repeats.
 """
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from medvlm.engine.fit_head import fit_head
 from medvlm.losses import build_loss
-from medvlm.models.heads import HEADS, build_head
+from medvlm.methods import METHODS
+from medvlm.models.heads import build_head
 from medvlm.params import load_params
 from medvlm.runtime import seed_everything
 
@@ -59,7 +60,7 @@ def time_method(method: str, data: dict[str, torch.Tensor], n_classes: int, para
 
 
 def main(
-    methods: list[str] = typer.Option(list(HEADS), "--method", help="head methods to time (repeat the option)"),
+    methods: list[str] = typer.Option(list(METHODS), "--method", help="head methods to time (repeat the option)"),
     n: int = typer.Option(10_000, help="training samples"),
     dim: int = typer.Option(512, help="feature dimension D"),
     n_classes: int = typer.Option(6, help="classes"),
@@ -68,9 +69,9 @@ def main(
     seed: int = typer.Option(0, help="seed of the synthetic data and the heads"),
     json_out: Path = typer.Option(None, "--json", help="write the results here as JSON"),
 ) -> None:
-    unknown = sorted(set(methods) - set(HEADS))
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise typer.BadParameter(f"unknown methods {unknown}; known: {sorted(HEADS)}")
+        raise typer.BadParameter(f"unknown methods {unknown}; known: {sorted(METHODS)}")
     logging.basicConfig(level=logging.WARNING)
     data = synthetic_features(n, dim, n_classes, seed)
     rows = []

@@ -4,7 +4,7 @@ Runs in a temporary git copy of this repository (the tracked and not-ignored fil
 without dvc.lock or metrics/) with a fresh DVC cache, so every stage runs, exactly as after a clean clone.
 Peak memory is the largest sum of resident memory over the whole process tree (dvc and every stage
 process), sampled every 0.1 s with psutil (a dvc dependency); the largest single process is reported too.
-Budgets (README, Benchmarks): default pipeline <= 10 min (aim 5) and <= 4 GB on 2 cores; no-op re-run <= 3 s.
+Budgets (docs/benchmarks.md): default pipeline <= 10 min (aim 5) and <= 4 GB on 2 cores; no-op re-run <= 3 s.
 
     python benchmarks/bench_repro.py                       # the default params.yaml
     python benchmarks/bench_repro.py --set pretrain.epochs=1 --set surrogate.epochs=1   # a quicker variant

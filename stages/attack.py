@@ -5,8 +5,8 @@ from pathlib import Path
 
 import typer
 
-from medvlm.attacks.noisy_set import attack_stage
 from medvlm.cli import run_stage
+from medvlm.pipeline.attack import attack_stage
 
 
 def main(

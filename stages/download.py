@@ -6,7 +6,8 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.data.download import DOWNLOAD_CACHE, download_stage
+from medvlm.data.download import DOWNLOAD_CACHE
+from medvlm.pipeline.download import download_stage
 
 
 def main(

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.eval.evaluate import evaluate_stage
+from medvlm.pipeline.evaluate import evaluate_stage
 
 
 def main(

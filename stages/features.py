@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.engine.features import features_stage
+from medvlm.pipeline.features import features_stage
 
 
 def main(

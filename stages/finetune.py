@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.engine.fit_head import finetune_stage
+from medvlm.pipeline.finetune import finetune_stage
 
 
 def main(

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.engine.clip_training import pretrain_stage
+from medvlm.pipeline.pretrain import pretrain_stage
 
 
 def main(

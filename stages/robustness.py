@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.eval.robustness import robustness_stage
+from medvlm.pipeline.robustness import robustness_stage
 
 
 def main(

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from medvlm.cli import run_stage
-from medvlm.engine.surrogate import surrogate_stage
+from medvlm.pipeline.surrogate import surrogate_stage
 
 
 def main(

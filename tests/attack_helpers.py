@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medvlm.attacks.noisy_set import attack_stage
+from medvlm.pipeline.attack import attack_stage
 from medvlm.data.manifest import save_png, to_pixels, write_manifest
 from medvlm.io import write_json
 from medvlm.models.clip import load_clip

@@ -1,5 +1,5 @@
 """Tiny copies of the real data sets, written in each one's published layout, file names and columns
-(DATASET-FORMATS.md), with invented rows and images of a few pixels. Never real data."""
+(docs/data.md), with invented rows and images of a few pixels. Never real data."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.io import atomic_dir, atomic_file, OutputError
 from medvlm.params import parse_params
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from attack_helpers import FINDINGS, SIZE, batch_of_images, build_raw, caption, run_attack, tiny_params
 from attack_helpers import clip, surrogate  # noqa: F401  (module-scoped fixtures, shared with test_multimodal_noise)
-from medvlm.attacks.noisy_set import attack_stage
+from medvlm.pipeline.attack import attack_stage
 from medvlm.attacks.pgd import pgd_linf, quantize_to_ball, targeted_objective, untargeted_objective
 from medvlm.attacks.selection import draw_candidates, draw_targets, select_perturbed
 from medvlm.data.manifest import load_images, read_manifest

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `python tests/te
 from test_clip_training import build_pairs  # noqa: E402
 from test_features import build_raw_data  # noqa: E402
 
-from medvlm.engine.features import features_stage  # noqa: E402
-from medvlm.engine.fit_head import finetune_stage  # noqa: E402
-from medvlm.eval.robustness import robustness_stage  # noqa: E402
+from medvlm.pipeline.features import features_stage  # noqa: E402
+from medvlm.pipeline.finetune import finetune_stage  # noqa: E402
+from medvlm.pipeline.robustness import robustness_stage  # noqa: E402
 from medvlm.io import load_tensors, save_tensors, write_json  # noqa: E402
 from medvlm.models.clip import WEIGHTS_FILE, create_clip, save_clip  # noqa: E402
 from medvlm.params import parse_params  # noqa: E402
@@ -208,7 +208,7 @@ CASES = [
     Case("params: unknown model name", "surrogate", edit_params(**{"model.name": "medvlm-huge"}),
          "model.name: unknown open_clip model config 'medvlm-huge'"),
     Case("params: unknown head method", "finetune", edit_params(**{"heads.methods": ["lp", "svm"]}),
-         "heads.methods.1: Input should be 'lp', 'mlp', 'nmtune' or 'ran'", ("--method", "lp")),
+         "heads.methods: unknown head method(s) ['svm']; registered: ['lp', 'mlp', 'nmtune', 'ran']", ("--method", "lp")),
     Case("params: malformed YAML", "download", write_text("params.yaml", "seed: [0, 1\ndata: {image_size: 32\n"),
          "params.yaml: not valid YAML"),
     Case("params: file missing", "evaluate", delete("params.yaml"), "params.yaml: params file not found"),

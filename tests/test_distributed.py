@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from medvlm.engine.clip_training import epoch_batches, steps_per_epoch, surrogate_stage
+from medvlm.engine.clip_training import epoch_batches, steps_per_epoch
+from medvlm.pipeline.surrogate import surrogate_stage
 from medvlm.engine.device_input import device_batches
 from medvlm.engine.distributed import Workers, relaunch_under_torchrun
 from medvlm.io import load_tensors, read_json
@@ -31,7 +32,7 @@ LOSS_TOLERANCE = 1e-5
 
 def _surrogate_params(nproc: int) -> dict:
     # The ViT tower: LayerNorm only. The ResNet tower's batch norm cannot be synchronised on CPU (gloo), so
-    # its per-rank statistics would differ from one process's by design (README: several GPUs).
+    # its per-rank statistics would differ from one process's by design (docs/scaling.md).
     return {"seed": 0, "device": "cpu", "data": {"image_size": SIZE}, "model": {"name": "medvlm-tiny-vit"},
             "surrogate": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_steps": 2, "nproc": nproc}}
 

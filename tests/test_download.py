@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import medvlm.data.download as download_module
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.data.manifest import COLUMNS, load_images, read_manifest
 from medvlm.data.synthetic_cases import LABELS
 from medvlm.io import DataError, read_json

@@ -12,7 +12,8 @@ import torch
 from medvlm.data.cached_features import load_feature_split
 from medvlm.data.manifest import write_manifest
 from medvlm.engine.fit_head import fit_head
-from medvlm.eval.evaluate import evaluate_stage, predict_probabilities
+from medvlm.eval.evaluate import predict_probabilities
+from medvlm.pipeline.evaluate import evaluate_stage
 from medvlm.eval.metrics import classification_chance, classification_metrics, macro_auroc, vqa_chance, vqa_metrics
 from medvlm.io import DataError, read_items, read_json, save_tensors, write_json
 from medvlm.losses import build_loss

@@ -12,7 +12,7 @@ import torch
 from medvlm.data.augment import ViewAugmentation
 from medvlm.data.manifest import load_images, save_png, to_pixels, write_manifest
 from medvlm.data.cached_features import TRAINING_SPLITS, VIEW_KEYS, load_feature_split
-from medvlm.engine.features import features_stage
+from medvlm.pipeline.features import features_stage
 from medvlm.io import DataError, load_tensors, read_json, write_json
 from medvlm.models.clip import load_clip
 from medvlm.params import Params

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import real_fixtures as fx
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.data.fetch import extract, fetch_source
 from medvlm.data.manifest import read_manifest
 from medvlm.io import DataError

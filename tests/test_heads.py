@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from medvlm.engine.fit_head import epoch_batches, fit_head, finetune_stage
+from medvlm.engine.fit_head import epoch_batches, fit_head
+from medvlm.pipeline.finetune import finetune_stage
 from medvlm.io import DataError, read_json, save_tensors, write_json
 from medvlm.losses import HeadLoss, LossResult, build_loss
-from medvlm.models.heads import HEADS, build_head, load_head, save_head
+from medvlm.methods import METHODS
+from medvlm.models.heads import build_head, load_head, save_head
 from medvlm.params import Params, ParamsError
 from medvlm.runtime import TrainingError
 
@@ -107,7 +109,7 @@ def test_residual_mlp_head_is_the_identity_plus_a_scaled_mlp():
     assert build_head("ran", 5, 3).centroids.shape == (3, 5)
 
 
-@pytest.mark.parametrize("method", sorted(HEADS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_head_parameter_receives_a_gradient(method):
     torch.manual_seed(0)
     head = build_head(method, in_dim=6, n_classes=4)
@@ -120,7 +122,7 @@ def test_every_head_parameter_receives_a_gradient(method):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("method", sorted(HEADS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_head_overfits_one_small_batch(method):
     torch.manual_seed(0)
     batch = toy_batch(n=8, dim=16)
@@ -202,9 +204,9 @@ def test_trainer_is_deterministic_for_a_seed(method):
 EXPECTED_TERMS = {"lp": {"ce"}, "mlp": {"ce"}, "nmtune": {"ce", "mse", "cov", "svd"}, "ran": {"ce", "con", "cov", "adv"}}
 
 
-@pytest.mark.parametrize("method", sorted(HEADS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_finetune_stage_writes_heads_and_a_curve_per_term(tmp_path, method):
-    assert set(EXPECTED_TERMS) == set(HEADS)
+    assert set(EXPECTED_TERMS) == set(METHODS)
     features = write_features(tmp_path / "features")
     out, live = tmp_path / "heads" / method, tmp_path / "dvclive" / method
     finetune_stage(params=tiny_params(method, epochs=4), method=method, features=features, out=out, live=live)
@@ -293,7 +295,7 @@ def test_labels_outside_the_label_set_are_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("method", sorted(HEADS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_head_save_load_round_trip(tmp_path, method):
     torch.manual_seed(0)
     head = build_head(method, in_dim=5, n_classes=3)

@@ -9,11 +9,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 import real_fixtures as fx
-from test_pipeline_e2e import ALL_STAGES, REPO, TINY, _merge, run, stages_run
+from e2e_repo import ALL_STAGES, REPO, TINY, merge, run, stages_run
 
 pytestmark = pytest.mark.e2e
 ROWS = {"pretrain": 48, "cls_id": 40, "cls_ood": 40, "vqa": 32}
@@ -29,9 +30,9 @@ def test_dvc_repro_from_csv_sources(tmp_path):
             shutil.copy2(REPO / name, repo / name)
     sources = {kind: {"source": "csv", "path": str(fx.csv_source(tmp_path / "csv-set", kind, rows))}
                for kind, rows in ROWS.items()}
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     # One head keeps the test short; the synthetic end-to-end test covers every head.
-    params = _merge(params, {"data": {**sources, "workers": 2}, "heads": {"methods": ["lp"]}})
+    params = merge(params, {"data": {**sources, "workers": 2}, "heads": {"methods": ["lp"]}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "git", "init", "-q", "-b", "main")
     run(repo, "git", "add", "-A")
@@ -43,9 +44,12 @@ def test_dvc_repro_from_csv_sources(tmp_path):
     assert meta["source"] == {kind: "csv" for kind in ROWS} and meta["labels"] == ["effusion", "normal"]
     assert meta["counts"]["pretrain"] == {"train": 24, "val": 24} and meta["counts"]["cls_ood"] == {"test": 20}
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    items = pd.read_parquet(repo / "items/clean.parquet")
     for method in params["heads"]["methods"]:
         for task in ("cls_id", "cls_ood", "vqa"):
-            assert 0.0 <= evaluation[method][task]["accuracy"] <= 1.0
+            rows = items[(items["method"] == method) & (items["task"] == task)]
+            assert len(rows) == evaluation[method][task]["n"] > 0
+            assert rows["correct"].mean() == pytest.approx(evaluation[method][task]["accuracy"])
     attack = json.loads((repo / "metrics/attack.json").read_text())
     assert attack["pairs_perturbed"] == int(0.25 * 24)
     assert stages_run(run(repo, "dvc", "repro")) == set()  # nothing changed: nothing runs

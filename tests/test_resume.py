@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from medvlm.engine import clip_training
 from medvlm.engine.checkpoint import STATE_JSON, STATE_TENSORS, TrainingCheckpoints, training_fingerprint
-from medvlm.engine.clip_training import surrogate_stage
+from medvlm.pipeline.surrogate import surrogate_stage
 from medvlm.data.pairs import load_pairs
 from medvlm.io import DataError, load_tensors
 from medvlm.models.clip import WEIGHTS_FILE
@@ -134,6 +134,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint_bit_identically(works
         from pathlib import Path
         from medvlm.engine import clip_training
         from medvlm.params import load_params
+        from medvlm.pipeline.surrogate import surrogate_stage
         torch.set_num_threads(1)  # as the test process: the thread count can change float sums
         calls = []
         class KilledLoss(clip_training.ClipLoss):
@@ -144,9 +145,9 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint_bit_identically(works
                 return super().forward(*args, **kwargs)
         clip_training.ClipLoss = KilledLoss
         params = load_params({str(workspace / 'params.yaml')!r})
-        clip_training.surrogate_stage(params=params, data=Path({str(workspace / "data" / "raw")!r}),
-                                      data_root=Path({str(workspace / "data")!r}),
-                                      **{{key: Path(value) for key, value in {arguments!r}.items()}})
+        surrogate_stage(params=params, data=Path({str(workspace / "data" / "raw")!r}),
+                        data_root=Path({str(workspace / "data")!r}),
+                        **{{key: Path(value) for key, value in {arguments!r}.items()}})
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run([sys.executable, str(script)], cwd=workspace, env=env, capture_output=True, text=True,

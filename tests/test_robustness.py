@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from medvlm.data.cached_features import load_feature_split
-from medvlm.engine.features import features_stage
-from medvlm.eval.robustness import (attack_subsets, encoder_head_classifier, robust_correct, robustness_stage,
-                                    strong_pgd_check)
-from medvlm.eval.tasks import eps_key
+from medvlm.pipeline.features import features_stage
+from medvlm.eval.robustness import attack_subsets, encoder_head_classifier, robust_correct, strong_pgd_check
+from medvlm.pipeline.robustness import robustness_stage
+from medvlm.tasks import eps_key
 from medvlm.io import DataError, read_items, read_json
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.models.clip import create_clip, load_clip, save_clip

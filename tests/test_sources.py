@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import real_fixtures as fx
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.data.manifest import COLUMNS, load_images, read_manifest
 from medvlm.io import DataError, read_json
 from medvlm.params import parse_params

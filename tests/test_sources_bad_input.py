@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import real_fixtures as fx
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.io import DataError
 from medvlm.params import parse_params
 

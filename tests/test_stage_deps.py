@@ -16,7 +16,8 @@ SOURCE = REPO / "src"
 PACKAGE = "medvlm"
 PLUMBING = {SOURCE / PACKAGE / "params.py", SOURCE / PACKAGE / "cli.py"}
 """Left out of deps on purpose (dvc.yaml's header says why): validation and error reporting, which cannot
-change a result, and which would otherwise re-run every stage whenever a param is added."""
+change a result, and which would otherwise re-run every stage whenever a param is added. Their own imports
+are not followed: a module a stage reaches only through validation does not shape its outputs."""
 
 
 def _module_file(name: str) -> Path | None:
@@ -44,7 +45,10 @@ def package_files_imported_by(script: Path) -> set[Path]:
     seen: set[Path] = set()
     pending = [script]
     while pending:
-        for name in _imported_modules(pending.pop()):
+        current = pending.pop()
+        if current in PLUMBING:
+            continue
+        for name in _imported_modules(current):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
                 found = _module_file(".".join(parts[:depth]))

@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.data.manifest import read_manifest
 from medvlm.data.synthetic import SplitSpec, generate_split, split_specs
 from medvlm.data.synthetic_cases import LABELS, LATERALISED, ZONED, Case, sample_cases

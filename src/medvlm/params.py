@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-HEAD_METHODS = ("lp", "mlp", "nmtune", "ran")
-"""Head methods the finetune stage can train: linear probing, MLP-tuning, NMTune and RAN (DESIGN §6)."""
+from medvlm.methods import METHODS, HeadTrainingParams
+
+
+
+NOT_RESULT_SHAPING = ("data.workers", "surrogate.checkpoint_every", "surrogate.nproc", "pretrain.checkpoint_every",
+                      "pretrain.nproc")
+"""Knobs that set resources or checkpointing and never change a number: no stage depends on them in dvc.yaml,
+so changing one re-runs nothing (tests/test_dvc_status.py)."""
 
 
 class ParamsError(ValueError):
@@ -31,7 +37,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class _SourceParams(_Section):
     """Where one task's data comes from: the built-in generator, or a data set's local copy or archive URL.
 
-    Subclasses narrow `source` to the adapters that can fill the task (README: preparing real data sets)."""
+    Subclasses narrow `source` to the adapters that can fill the task (docs/data.md)."""
 
     path: str = Field("", description="local copy: the data set's folder (source csv: the CSV file)")
     url: str = Field("", description="archive (tar, tar.gz, zip) to fetch instead of a local path")
@@ -104,7 +110,7 @@ class DataParams(_Section):
     vqa_train: int = Field(800, ge=8, description="VQA training images (several questions each)")
     vqa_test: int = Field(1100, ge=8, description="VQA test images (2-4 questions each)")
     synthetic: SyntheticParams = SyntheticParams()
-    # Real data sets (README: preparing real data sets).
+    # Real data sets (docs/data.md).
     pretrain: PretrainSourceParams = PretrainSourceParams()
     cls_id: ClassificationSourceParams = ClassificationSourceParams()
     cls_ood: ClassificationSourceParams = ClassificationSourceParams()
@@ -219,56 +225,34 @@ class FeatureParams(_Section):
     augment: AugmentParams = AugmentParams()
 
 
-class HeadTrainingParams(_Section):
-    """What the one head trainer reads (AdamW, per-step cosine schedule); subclasses add loss options."""
-
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-
-    def loss_options(self) -> dict[str, Any]:
-        """The keyword arguments of the method's loss module: every field the trainer does not read."""
-        return self.model_dump(exclude=set(HeadTrainingParams.model_fields))
-
-
-class LinearProbeParams(HeadTrainingParams):
-    lr: float = Field(1e-2, gt=0)
-
-
-class MlpTuningParams(HeadTrainingParams):
-    # BatchNorm in the residual MLP needs two or more samples per training batch.
-    batch_size: int = Field(64, ge=2)
-
-
-class NMTuneParams(MlpTuningParams):
-    w_mse: float = Field(1.0, ge=0, description="MSE of n(z_view2) to sg(n(u_view1))")
-    w_cov: float = Field(0.04, ge=0, description="off-diagonal covariance of the centred batch of z")
-    w_svd: float = Field(0.001, ge=0, description="reward for the top-5 singular-value share of the batch of z")
-
-
-class RanParams(MlpTuningParams):
-    w_con: float = Field(1.0, ge=0, description="consistency MSE(n(z), sg(n(u)))")
-    w_cov: float = Field(0.04, ge=0, description="off-diagonal covariance of the centred batch of z")
-    w_adv: float = Field(0.1, ge=0, description="learned-centroid margin term")
-    margin: float = Field(0.2, ge=0, le=4, description="m: sample margin in squared distance on the unit sphere")
-    centroid_margin: float = Field(
-        1.0, ge=0, le=4, description="m_c: least squared distance between two class centroids (1.0: >= 60 degrees)")
-    adv_eps: float = Field(
-        0.0, ge=0, description="> 0: margin term on feature-space PGD inputs, |delta|_inf <= adv_eps * std(u)")
-    adv_steps: int = Field(1, ge=1, description="PGD steps of the feature-space attack (1 = FGSM)")
-
-
 class HeadParams(_Section):
-    methods: list[Literal[HEAD_METHODS]] = Field(default_factory=lambda: list(HEAD_METHODS), min_length=1)  # type: ignore[valid-type]
-    lp: LinearProbeParams = LinearProbeParams()
-    mlp: MlpTuningParams = MlpTuningParams()
-    nmtune: NMTuneParams = NMTuneParams()
-    ran: RanParams = RanParams()
+    """`heads`: the methods to train, and one section per registered method (`medvlm.methods`); rebuilt by
+    `params_model` when a method is registered after import."""
+
+    methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, methods: list[str]) -> list[str]:
+        unknown = [name for name in methods if name not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown head method(s) {unknown}; registered: {list(METHODS)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods must be distinct, got {methods}")
+        return methods
+
+    def settings(self, method: str) -> HeadTrainingParams:
+        """The `heads.<method>` section."""
+        return getattr(self, method)
+
+
+def _heads_model() -> type[HeadParams]:
+    sections = {name: (method.params, method.params()) for name, method in METHODS.items()}
+    return create_model("HeadParams", __base__=HeadParams, **sections)
 
 
 class RobustnessParams(_Section):
-    """Test-time L∞ PGD through the frozen image encoder and each head (DESIGN §7).
+    """Test-time L∞ PGD through the frozen image encoder and each head (docs/attacks.md).
 
     The main radius is attacked on a larger seeded subset than the others: the study's robustness claims are
     read there, and its paired minimum detectable difference shrinks with the number of items. The subsets
@@ -319,6 +303,9 @@ class EvaluateParams(_Section):
     robust: RobustnessParams = RobustnessParams()
 
 
+_BUILTIN_HEADS = _heads_model()
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -331,7 +318,7 @@ class Params(_Section):
     attack: AttackParams = AttackParams()
     pretrain: TrainParams = TrainParams(epochs=8)
     features: FeatureParams = FeatureParams()
-    heads: HeadParams = HeadParams()
+    heads: _BUILTIN_HEADS = _BUILTIN_HEADS()  # type: ignore[valid-type]
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
@@ -359,7 +346,7 @@ def _format_error(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc) or "<top level>"
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(Params, loc))
+        allowed = ", ".join(_allowed_keys(params_model(), loc))
         return f"{key}: unknown key; allowed keys here: {allowed}"
     message = error["msg"].removeprefix("Value error, ")
     if not loc:  # a rule across sections: its message names the keys
@@ -367,12 +354,27 @@ def _format_error(error: dict[str, Any]) -> str:
     return f"{key}: {message} (got {error.get('input')!r})"
 
 
+_models: dict[tuple, type[Params]] = {}
+
+
+def params_model() -> type[Params]:
+    """The Params model for the head methods registered now: `Params` itself for the built-in ones, else a
+    subclass whose `heads` has a section per registered method."""
+    key = tuple((name, id(method)) for name, method in METHODS.items())
+    if key not in _models:
+        static = set(_BUILTIN_HEADS.model_fields) - {"methods"} == set(METHODS) and all(
+            _BUILTIN_HEADS.model_fields[name].annotation is method.params for name, method in METHODS.items())
+        heads = _BUILTIN_HEADS if static else _heads_model()
+        _models[key] = Params if static else create_model("Params", __base__=Params, heads=(heads, heads()))
+    return _models[key]
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate an already-loaded params mapping; raise ParamsError naming every bad key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of keys to values at the top level")
     try:
-        return Params.model_validate(raw)
+        return params_model().model_validate(raw)
     except ValidationError as exc:
         lines = "\n  ".join(_format_error(err) for err in exc.errors())
         raise ParamsError(f"{source} is invalid:\n  {lines}") from None

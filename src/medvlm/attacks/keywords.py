@@ -1,6 +1,6 @@
 """Which caption words the caption noise may change, and into what.
 
-A caption attack rewrites the *crucial* words of a report: anatomy and condition keywords (DESIGN §5).
+A caption attack rewrites the *crucial* words of a report: anatomy and condition keywords (docs/attacks.md).
 `KEYWORD_GROUPS` is the documented list of such words for chest radiograph reports, in groups (a side,
 a zone, a finding, a size or severity adjective, a degree adverb, an anatomical structure). For a given
 corpus the substitution vocabulary is the part of that list that actually occurs in its captions, so it

@@ -9,11 +9,13 @@ L∞ and L2 of the image change; words changed in the caption.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medvlm.params import Params
+if TYPE_CHECKING:
+    from medvlm.attacks.noisy_set import NoiseSpec
+
 
 
 def _scores(images: torch.Tensor, own: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +48,7 @@ def measure_batch(*, clean_images: torch.Tensor, stored_images: torch.Tensor, or
     return {key: values.to(torch.float64).cpu() for key, values in measured.items()}  # float64: exact means
 
 
-def summarise(measured: dict[str, torch.Tensor] | None, *, params: Params, n_train: int,
+def summarise(measured: dict[str, torch.Tensor] | None, *, spec: NoiseSpec, n_train: int,
               pairs_perturbed: int, targeted: bool) -> dict[str, Any]:
     """The metrics JSON: counts always, means over perturbed pairs (null when nothing was perturbed)."""
 
@@ -59,16 +61,16 @@ def summarise(measured: dict[str, torch.Tensor] | None, *, params: Params, n_tra
     before, after = mean("similarity_before"), mean("similarity_after")
     top1_after = mean("top1_after")
     summary: dict[str, Any] = {
-        "noise_ratio": params.noise_ratio,
-        "noise_type": params.noise_type,
-        "noise_kind": params.noise_kind,
+        "noise_ratio": spec.noise_ratio,
+        "noise_type": spec.noise_type,
+        "noise_kind": spec.noise_kind,
         "n_train": n_train,
         "pairs_perturbed": pairs_perturbed,
         "image_pairs_perturbed": count("linf_255"),
         "caption_pairs_perturbed": count("words_changed"),
-        "objective": params.attack.image.objective,
-        "eps_255": params.attack.image.eps_255,
-        "max_words": params.attack.caption.max_words,
+        "objective": spec.attack.image.objective,
+        "eps_255": spec.attack.image.eps_255,
+        "max_words": spec.attack.caption.max_words,
         "similarity_before": before,
         "similarity_after": after,
         "similarity_drop": None if measured is None else before - after,

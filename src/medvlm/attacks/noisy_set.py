@@ -1,4 +1,4 @@
-"""The noisy pre-training set: the attack stage (selection, image/caption noise, storage, stats, gallery).
+"""The noisy pre-training set (selection, image/caption noise, storage, stats, gallery).
 
 The first ⌊noise_ratio·N⌋ pairs of a seeded permutation of the train pairs are perturbed (`selection`);
 the val split never is. Per `noise_type`:
@@ -52,10 +52,21 @@ from medvlm.data.manifest import (
 )
 from medvlm.io import DataError, atomic_dir, write_json
 from medvlm.models.clip import MedClip, load_clip
-from medvlm.params import Params
-from medvlm.runtime import log, resolve_device, seed_everything
+from medvlm.params import AttackParams
+from medvlm.runtime import log, seed_everything
 
 GALLERY_FILE = "gallery.png"
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """What shapes the noisy set: which pairs (seed, noise_ratio), which noise and its budget."""
+
+    seed: int
+    noise_ratio: float
+    noise_type: str
+    noise_kind: str
+    attack: AttackParams
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _TEXT_BATCH = 512
 
@@ -97,7 +108,7 @@ class _NoiseMaker:
     """Everything the per-batch noise needs, prepared once for the stage."""
 
     clip: MedClip
-    params: Params
+    spec: NoiseSpec
     vocabulary: SubstitutionVocabulary | None = None
     substitute_embeddings: torch.Tensor | None = None
     image_noise: torch.Generator | None = None
@@ -105,23 +116,23 @@ class _NoiseMaker:
 
     @property
     def noises_images(self) -> bool:
-        return self.params.noise_type in ("image", "both")
+        return self.spec.noise_type in ("image", "both")
 
     @property
     def noises_captions(self) -> bool:
-        return self.params.noise_type in ("caption", "both")
+        return self.spec.noise_type in ("caption", "both")
 
     def captions(self, captions: list[str], clean_images: torch.Tensor) -> list[str]:
-        config = self.params.attack.caption
-        if self.params.noise_kind == "random":
+        config = self.spec.attack.caption
+        if self.spec.noise_kind == "random":
             return random_substitutions(captions, self.vocabulary, max_words=config.max_words, rng=self.caption_noise)
         return hotflip_captions(self.clip, captions, clean_images, self.vocabulary, self.substitute_embeddings,
                                 max_words=config.max_words, candidates=config.candidates)
 
     def images(self, original: torch.Tensor, own_captions: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        config = self.params.attack.image
+        config = self.spec.attack.image
         pixels = to_pixels(original).to(self.clip.device)
-        if self.params.noise_kind == "random":
+        if self.spec.noise_kind == "random":
             noisy = uniform_linf_noise(pixels, eps=config.eps_255 / 255, generator=self.image_noise)
         else:
             objective = (targeted_objective(self.clip.encode_pixels, targets) if targets is not None
@@ -131,38 +142,38 @@ class _NoiseMaker:
         return quantize_to_ball(noisy, original, config.eps_255)
 
 
-def _targeted(params: Params) -> bool:
+def _targeted(spec: NoiseSpec) -> bool:
     """Whether the image noise has target images (reported: the similarity to them)."""
-    return params.noise_type != "caption" and params.attack.image.objective == "targeted"
+    return spec.noise_type != "caption" and spec.attack.image.objective == "targeted"
 
 
-def _noise_maker(clip: MedClip, params: Params, captions: pd.Series, source: Path) -> _NoiseMaker:
-    seed = params.seed
-    image_stream = Stream.RANDOM_IMAGE if params.noise_kind == "random" else Stream.RANDOM_START
-    maker = _NoiseMaker(clip, params, image_noise=seeded_generator(seed, image_stream),
+def _noise_maker(clip: MedClip, spec: NoiseSpec, captions: pd.Series, source: Path) -> _NoiseMaker:
+    seed = spec.seed
+    image_stream = Stream.RANDOM_IMAGE if spec.noise_kind == "random" else Stream.RANDOM_START
+    maker = _NoiseMaker(clip, spec, image_noise=seeded_generator(seed, image_stream),
                         caption_noise=seeded_rng(seed, Stream.RANDOM_CAPTION))
     if maker.noises_captions:
-        config = params.attack.caption
+        config = spec.attack.caption
         whole_words = tokenizer_whole_words(clip.tokenizer.encoder) if config.vocabulary == "tokenizer" else None
         maker.vocabulary = keyword_vocabulary(captions, source=str(source), same_group=config.same_group,
                                               tokenizer_words=whole_words)
         log.info("attack: %d keywords may change into %d substitutes", len(maker.vocabulary.keywords),
                  len(maker.vocabulary.substitutes))
-        if params.noise_kind == "adversarial":
+        if spec.noise_kind == "adversarial":
             maker.substitute_embeddings = word_embeddings(clip, maker.vocabulary.substitutes)
     return maker
 
 
-def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *, params: Params, data_root: Path,
+def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *, spec: NoiseSpec, data_root: Path,
                        image_dir: Path, source: Path) -> tuple[dict[str, torch.Tensor], list[str], list[GalleryPair]]:
     """Perturb the chosen train rows batch by batch, store the images; return per-pair measurements, the
     stored captions of the chosen rows (in order) and the gallery pairs."""
-    seed = params.seed
-    maker = _noise_maker(clip, params, train["caption"], source)
+    seed = spec.seed
+    maker = _noise_maker(clip, spec, train["caption"], source)
     caption_codes, unique_captions = pd.factorize(train["caption"])
     caption_table = _embed_captions(clip, list(unique_captions))
-    candidates = draw_candidates(caption_codes[chosen], len(unique_captions), params.attack.success_candidates, seed)
-    targeted = _targeted(params)
+    candidates = draw_candidates(caption_codes[chosen], len(unique_captions), spec.attack.success_candidates, seed)
+    targeted = _targeted(spec)
     if targeted:
         findings = train["finding"].to_numpy() if "finding" in train.columns else None
         target_paths = train["image"].to_numpy()[draw_targets(chosen, len(train), findings, seed)]
@@ -170,8 +181,8 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
     measured: dict[str, list[torch.Tensor]] = {}
     stored_captions: list[str] = []
     gallery: list[GalleryPair] = []
-    batch_size, started = params.attack.batch_size, time.perf_counter()
-    with tqdm(total=len(chosen), desc=f"attack ({params.noise_kind} {params.noise_type})", unit="pair") as bar:
+    batch_size, started = spec.attack.batch_size, time.perf_counter()
+    with tqdm(total=len(chosen), desc=f"attack ({spec.noise_kind} {spec.noise_type})", unit="pair") as bar:
         for begin in range(0, len(chosen), batch_size):
             batch = slice(begin, begin + batch_size)
             rows = chosen[batch]
@@ -200,7 +211,7 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
             for key, values in batch_measures.items():
                 measured.setdefault(key, []).append(values)
             stored_captions.extend(noisy_captions)
-            for k in range(min(len(rows), params.attack.gallery_pairs - len(gallery))):
+            for k in range(min(len(rows), spec.attack.gallery_pairs - len(gallery))):
                 gallery.append(GalleryPair(original[k].numpy(), stored[k].numpy(), captions[k], noisy_captions[k]))
             bar.update(len(rows))
     elapsed = time.perf_counter() - started
@@ -208,11 +219,11 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
     return {key: torch.cat(values) for key, values in measured.items()}, stored_captions, gallery
 
 
-def attack_stage(*, params: Params, surrogate: Path, data: Path, out: Path, metrics: Path,
-                 data_root: Path = Path("data")) -> dict[str, Any]:
+def write_noisy_set(*, spec: NoiseSpec, surrogate: Path, data: Path, out: Path, metrics: Path, data_root: Path,
+                    device: torch.device) -> dict[str, Any]:
     """Write the noisy pre-training set to `out` (manifest, perturbed PNGs, gallery, meta.json) and its stats
     to `metrics`."""
-    seed_everything(params.seed)
+    seed_everything(spec.seed)
     source = manifest_path(data, "pretrain")
     out_relative = _relative_to_root(Path(out), Path(data), Path(data_root))
     frame = read_manifest(data, "pretrain", data_root)
@@ -221,32 +232,32 @@ def attack_stage(*, params: Params, surrogate: Path, data: Path, out: Path, metr
         raise DataError(f"{source}: no 'train' rows; the attack perturbs train pairs only")
     train = frame.iloc[train_rows].reset_index(drop=True)
     _check_ids(train["id"], source)
-    chosen = select_perturbed(len(train), params.noise_ratio, params.seed)
-    clip = load_clip(surrogate, resolve_device(params.device))
-    log.info("attack: %s %s noise on %d of %d train pairs (noise_ratio=%s, image objective=%s)", params.noise_kind,
-             params.noise_type, len(chosen), len(train), params.noise_ratio, params.attack.image.objective)
+    chosen = select_perturbed(len(train), spec.noise_ratio, spec.seed)
+    clip = load_clip(surrogate, device)
+    log.info("attack: %s %s noise on %d of %d train pairs (noise_ratio=%s, image objective=%s)", spec.noise_kind,
+             spec.noise_type, len(chosen), len(train), spec.noise_ratio, spec.attack.image.objective)
 
     with atomic_dir(out) as tmp:
         image_dir = tmp / "images"
         image_dir.mkdir()
         measured, captions, gallery = (
-            _perturb_and_store(clip, train, chosen, params=params, data_root=Path(data_root), image_dir=image_dir,
+            _perturb_and_store(clip, train, chosen, spec=spec, data_root=Path(data_root), image_dir=image_dir,
                                source=source) if len(chosen) else (None, [], []))
         noisy = frame.copy()
         noisy["perturbed"] = 0
         perturbed_rows = train_rows[chosen]
         noisy.loc[perturbed_rows, "perturbed"] = 1
         noisy.loc[perturbed_rows, "caption"] = captions
-        if params.noise_type in ("image", "both"):
+        if spec.noise_type in ("image", "both"):
             noisy.loc[perturbed_rows, "image"] = [f"{out_relative}/images/{image_id}.png"
                                                   for image_id in frame["id"].iloc[perturbed_rows]]
         write_manifest(noisy, tmp, "pretrain")
         if (Path(data) / META_FILE).is_file():
             shutil.copyfile(Path(data) / META_FILE, tmp / META_FILE)
-        write_gallery(gallery, tmp / GALLERY_FILE, title=f"{params.noise_kind} {params.noise_type} noise, "
-                      f"noise_ratio={params.noise_ratio}, eps={params.attack.image.eps_255}/255, "
-                      f"max_words={params.attack.caption.max_words}")
-        summary = summarise(measured, params=params, n_train=len(train), pairs_perturbed=len(chosen),
-                            targeted=_targeted(params))
+        write_gallery(gallery, tmp / GALLERY_FILE, title=f"{spec.noise_kind} {spec.noise_type} noise, "
+                      f"noise_ratio={spec.noise_ratio}, eps={spec.attack.image.eps_255}/255, "
+                      f"max_words={spec.attack.caption.max_words}")
+        summary = summarise(measured, spec=spec, n_train=len(train), pairs_perturbed=len(chosen),
+                            targeted=_targeted(spec))
         write_json(metrics, summary)  # inside the block: a failure before this point leaves neither output
     return summary

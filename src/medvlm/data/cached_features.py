@@ -1,6 +1,6 @@
 """The cached-feature files the `features` stage writes and the heads train and evaluate on.
 
-Each split is one safetensors file `<task>_<split>.safetensors` with
+Each split (`SPLITS`, derived from `medvlm.tasks`) is one safetensors file `<task>_<split>.safetensors` with
 - `x`: float32 N×D. Classification: the L2-normalised image embedding v. VQA: [v; q; v⊙q] with q the
   L2-normalised question embedding (layout fixed by `fuse_vqa`).
 - `y`: int64 N. Classification: index into meta.json "labels". VQA: index into the answer vocabulary of
@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from medvlm.io import DataError, load_tensors, read_json
+from medvlm.tasks import feature_splits, head_tasks
 
 FEATURES_META = "meta.json"
-CLASSIFICATION_SPLITS = {"cls_id_train": ("cls_id", "train"), "cls_id_test": ("cls_id", "test"),
-                         "cls_ood_test": ("cls_ood", "test")}
-VQA_SPLITS = {"vqa_train": ("vqa", "train"), "vqa_test": ("vqa", "test")}
-TRAINING_SPLITS = ("cls_id_train", "vqa_train")
+SPLITS = feature_splits()
+"""Every cached split -> (its task, the manifest split it embeds), from the task registry."""
+TRAINING_SPLITS = tuple(head_tasks().values())
 """The splits heads train on; only these carry the augmented views."""
 VIEW_KEYS = ("x_view1", "x_view2")
 
@@ -46,7 +46,8 @@ def load_feature_split(features: Path, name: str) -> dict[str, torch.Tensor]:
     """Load one cached split and check its tensors agree in length and type."""
     path = Path(features) / f"{name}.safetensors"
     tensors = load_tensors(path)
-    required = ("x", "y", "closed") if name in VQA_SPLITS else ("x", "y")
+    vqa = name in SPLITS and SPLITS[name][0].kind == "vqa"
+    required = ("x", "y", "closed") if vqa else ("x", "y")
     missing = [key for key in required if key not in tensors]
     if missing:
         raise DataError(f"{path}: lacks tensors {missing}")

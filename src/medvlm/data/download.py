@@ -23,7 +23,7 @@ from medvlm.data.synthetic import SyntheticBatch, generate_split, split_specs
 from medvlm.data.synthetic_cases import LABELS
 from medvlm.data.synthetic_images import IN_DOMAIN
 from medvlm.io import DataError, atomic_dir, write_json
-from medvlm.params import Params
+from medvlm.params import DataParams
 from medvlm.runtime import log
 
 IMAGE_DIR = "images"
@@ -55,13 +55,13 @@ def _rows(batch: SyntheticBatch, index: int, base: dict[str, str]) -> list[dict[
     return [{**base, "label": batch.labels[index]}]
 
 
-def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
+def _synthetic(data: DataParams, seed: int, kinds: set[str], tmp: Path, prefix: str,
                rows: dict[str, list[dict[str, str]]], counts: dict[str, dict[str, int]]) -> dict[str, int]:
     """Render the synthetic splits of `kinds` into `tmp`, adding their manifest rows and counts; return how many
     labels label noise replaced in each split that has it ("kind/split")."""
-    specs = [spec for spec in split_specs(params.data) if spec.kind in kinds]
+    specs = [spec for spec in split_specs(data) if spec.kind in kinds]
     images_per_kind: dict[str, int] = defaultdict(int)
-    for spec in split_specs(params.data):  # all kinds: the id width must not depend on which are synthetic
+    for spec in split_specs(data):  # all kinds: the id width must not depend on which are synthetic
         images_per_kind[spec.kind] += spec.count
     id_width = max(6, len(str(max(images_per_kind.values()) - 1)))
     next_id: dict[str, int] = defaultdict(int)
@@ -71,7 +71,7 @@ def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
     with tqdm(total=total, unit="img", desc="download (synthetic)") as progress:
         for spec in specs:
             rows_before = len(rows[spec.kind])
-            for batch in generate_split(spec, params.seed, params.data.image_size):
+            for batch in generate_split(spec, seed, data.image_size):
                 for index, image in enumerate(batch.images):
                     image_id = f"{next_id[spec.kind]:0{id_width}d}"
                     next_id[spec.kind] += 1
@@ -91,15 +91,14 @@ def _synthetic(params: Params, kinds: set[str], tmp: Path, prefix: str,
     return relabelled
 
 
-def _read_real(params: Params, real: list[str], cache: Path) -> tuple[dict[str, RealTask], list[str]]:
+def _read_real(data: DataParams, seed: int, real: list[str], cache: Path) -> tuple[dict[str, RealTask], list[str]]:
     """Read and check every real task; return them and the class names of cls_id/cls_ood."""
-    data = params.data
     labels = list(data.labels)
     if not labels and data.cls_id.source == "synthetic":
         labels = list(LABELS)
     tasks = {}
     for kind in real:  # in COLUMNS order: cls_id, whose labels may set the class list, before cls_ood
-        tasks[kind] = read_task(kind, data=data, labels=labels, seed=params.seed, cache=cache)
+        tasks[kind] = read_task(kind, data=data, labels=labels, seed=seed, cache=cache)
         if kind == "cls_id" and not labels:
             labels = sorted(set(tasks[kind].frame["label"]))
             if len(labels) < 2:
@@ -108,29 +107,29 @@ def _read_real(params: Params, real: list[str], cache: Path) -> tuple[dict[str, 
     return tasks, labels
 
 
-def download_stage(*, params: Params, out: Path, data_root: Path | None = None,
-                   cache: Path = DOWNLOAD_CACHE) -> dict[str, Any]:
+def write_data_sets(*, data: DataParams, seed: int, out: Path, data_root: Path | None = None,
+                    cache: Path = DOWNLOAD_CACHE) -> dict[str, Any]:
     """Write every task's manifest and images into `out` (default data root: `out.parent`); return meta.json's
     content. Sources given by URL are fetched into `cache` first."""
     out = Path(out)
     data_root = Path(data_root) if data_root is not None else out.parent
     prefix = _prefix_inside(out, data_root)
-    sources = {kind: settings.source for kind, settings in params.data.sources().items()}
+    sources = {kind: settings.source for kind, settings in data.sources().items()}
     synthetic = {kind for kind, source in sources.items() if source == "synthetic"}
     real = [kind for kind in COLUMNS if kind not in synthetic]
-    tasks, labels = _read_real(params, real, Path(cache))
+    tasks, labels = _read_real(data, seed, real, Path(cache))
     rows: dict[str, list[dict[str, str]]] = defaultdict(list)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     with atomic_dir(out) as tmp:
         frames: dict[str, pd.DataFrame] = {}
         relabelled: dict[str, int] = {}
         if synthetic:
-            relabelled = _synthetic(params, synthetic, tmp, prefix, rows, counts)
+            relabelled = _synthetic(data, seed, synthetic, tmp, prefix, rows, counts)
             frames = {kind: pd.DataFrame(kind_rows) for kind, kind_rows in rows.items()}
             for kind in synthetic & set(CLASSIFICATION):
                 _check_known_labels(frames[kind], labels, kind)
         for kind, task in tasks.items():
-            frames[kind] = write_task(task, out=tmp, prefix=prefix, image_dir=IMAGE_DIR, data=params.data)
+            frames[kind] = write_task(task, out=tmp, prefix=prefix, image_dir=IMAGE_DIR, data=data)
             counts[kind] = {split: int(task.frame.loc[task.frame["split"] == split, "file"].nunique())
                             for split in sorted(set(task.frame["split"]))}
             if kind == "vqa":
@@ -141,18 +140,18 @@ def download_stage(*, params: Params, out: Path, data_root: Path | None = None,
             write_manifest(frame[[*COLUMNS[kind], *extra]], tmp, kind)
         meta = {
             "source": "synthetic" if not tasks else sources,
-            "seed": params.seed,
-            "image_size": params.data.image_size,
+            "seed": seed,
+            "image_size": data.image_size,
             "labels": labels,
             "counts": dict(counts),
             "laterality": LATERALITY_NOTE,
         }
         if synthetic:
-            ood = next(spec.acquisition for spec in split_specs(params.data) if spec.kind == "cls_ood")
+            ood = next(spec.acquisition for spec in split_specs(data) if spec.kind == "cls_ood")
             meta["acquisition"] = {"in_domain": IN_DOMAIN.describe(), "out_of_domain": ood.describe()}
-            meta["synthetic"] = {**params.data.synthetic.model_dump(), "relabelled": relabelled}
+            meta["synthetic"] = {**data.synthetic.model_dump(), "relabelled": relabelled}
         if tasks:
-            meta["real"] = {kind: {"source": task.source, "from": task.where, "resize": params.data.resize,
+            meta["real"] = {kind: {"source": task.source, "from": task.where, "resize": data.resize,
                                    "left_out": dict(task.dropped)} for kind, task in tasks.items()}
         write_json(tmp / META_FILE, meta)
     log.info("download: wrote %s to %s", ", ".join(f"{kind} ({source})" for kind, source in sources.items()), out)

@@ -1,4 +1,4 @@
-"""Contrastive CLIP training on in-memory image-caption pairs: the `surrogate` and `pretrain` stages.
+"""Contrastive CLIP training on in-memory image-caption pairs: the loop the `surrogate` and `pretrain` stages share.
 
 Both stages run the same loop (open_clip's ClipLoss, AdamW, linear warm-up then cosine decay, logit-scale
 clamp), differing only in their data folder and their `TrainParams` section. Held-out retrieval recall on
@@ -8,7 +8,6 @@ the clean `val` split is measured after every epoch. With `nproc` > 1 the loop r
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,26 +21,15 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from tqdm import tqdm
 
 from medvlm.data.manifest import to_pixels
-from medvlm.data.pairs import ImageCaptionPairs, load_pairs, pairs_image_size
-from medvlm.engine import checkpoint
-from medvlm.engine.checkpoint import TrainingCheckpoints, TrainingPosition, training_fingerprint
+from medvlm.data.pairs import ImageCaptionPairs
+from medvlm.engine.checkpoint import TrainingCheckpoints, TrainingPosition
 from medvlm.engine.device_input import device_batches
-from medvlm.engine.distributed import (
-    Workers,
-    join_workers,
-    launched_by_torchrun,
-    leave_workers,
-    main_rank_dirs,
-    main_rank_live,
-    relaunch_under_torchrun,
-)
-from medvlm.eval.retrieval import chance_recall, retrieval_recall
-from medvlm.io import DataError, read_json, write_json
-from medvlm.models import clip as clip_module
-from medvlm.models.clip import MedClip, save_clip
-from medvlm.models.pretrained import initial_clip
-from medvlm.params import Params, TrainParams
-from medvlm.runtime import check_finite, enable_fast_cuda_math, log, resolve_device, seed_everything
+from medvlm.engine.distributed import Workers
+from medvlm.io import DataError
+from medvlm.eval.retrieval import retrieval_recall
+from medvlm.models.clip import MedClip
+from medvlm.params import TrainParams
+from medvlm.runtime import check_finite, log
 
 LOGIT_SCALE_MAX = math.log(100)
 """open_clip's trainer clamps the learned temperature at ln(100), as the original CLIP paper does."""
@@ -217,89 +205,3 @@ def train_clip(
             checkpoints.poll(TrainingPosition(step, epoch + 1, 0, None, step_losses), Path(live.dir))
     return TrainingResult(step_losses=step_losses, epoch_losses=epoch_losses, val_retrieval=val_retrieval,
                           samples_per_second=samples_per_second)
-
-
-def _run_training_stage(
-    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path, data_root: Path,
-    checkpoints: Path | None,
-) -> dict:
-    """Load pairs from `data`, train a fresh CLIP (or continue from the checkpoint in `checkpoints`), write
-    the model folder, the DVCLive folder and metrics.
-
-    With `nproc` > 1 outside torchrun, re-runs the stage script as that many torchrun workers instead.
-    """
-    if train.nproc > 1 and not launched_by_torchrun():
-        relaunch_under_torchrun(train.nproc)
-        return read_json(metrics)
-    workers, device = join_workers(resolve_device(params.device), batch_size=train.batch_size, section=name)
-    try:
-        return _train_and_write(params=params, train=train, name=name, data=data, out=out, live=live,
-                                metrics=metrics, data_root=data_root, checkpoints=checkpoints, workers=workers,
-                                device=device)
-    finally:
-        leave_workers(workers)
-
-
-def _train_and_write(
-    *, params: Params, train: TrainParams, name: str, data: Path, out: Path, live: Path, metrics: Path,
-    data_root: Path, checkpoints: Path | None, workers: Workers, device: torch.device,
-) -> dict:
-    enable_fast_cuda_math(device)
-    generator = seed_everything(params.seed)
-    train_pairs = load_pairs(data, data_root, "train")
-    val_pairs = load_pairs(data, data_root, "val")
-    if bool(val_pairs.perturbed.any()):
-        raise DataError(f"{data}: {int(val_pairs.perturbed.sum())} val pairs are marked perturbed; "
-                        "retrieval is measured on clean held-out pairs only")
-    image_size = pairs_image_size(data, train_pairs)
-    if val_pairs.images.shape[-2:] != train_pairs.images.shape[-2:]:
-        raise DataError(f"{data}: val images are {tuple(val_pairs.images.shape[-2:])}, "
-                        f"train images {tuple(train_pairs.images.shape[-2:])}; expected one size")
-    clip = initial_clip(params.model, image_size, device)
-
-    saver = None
-    if checkpoints is not None and workers.distributed:
-        log.info("%s: resumable checkpoints are written by single-process training only; the %d torchrun "
-                 "processes run without them", name, workers.world_size)
-    elif checkpoints is not None:
-        fingerprint = training_fingerprint(
-            stage=name, seed=params.seed, model=params.model.model_dump(mode="json"), image_size=image_size,
-            train=train, device_type=device.type, pairs=(train_pairs, val_pairs),
-            code=(Path(__file__), Path(checkpoint.__file__), Path(clip_module.__file__)))
-        saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name)
-    with contextlib.nullcontext() if saver is None else saver, \
-            main_rank_dirs(workers, out, live) as (model_dir, live_dir):
-        if saver is not None:
-            saver.restore_live(live_dir)
-        with main_rank_live(live_dir) as logger:
-            result = train_clip(clip=clip, train_pairs=train_pairs, val_pairs=val_pairs, train=train,
-                                generator=generator, live=logger, name=name, checkpoints=saver, workers=workers)
-        summary = {
-            "retrieval": result.val_retrieval,
-            "chance": chance_recall(len(val_pairs)),
-            "final_train_loss": result.epoch_losses[-1],
-            "n_train": len(train_pairs),
-            "n_train_perturbed": int(train_pairs.perturbed.sum()),
-            "n_val": len(val_pairs),
-            "epochs": train.epochs,
-        }
-        if model_dir is not None:  # rank 0 alone writes
-            save_clip(clip, model_dir)
-            write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
-    if saver is not None:
-        saver.finish()
-    return summary
-
-
-def surrogate_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
-                    data_root: Path = Path("data"), checkpoints: Path | None = None) -> dict:
-    """DVC stage `surrogate`: the clean CLIP the attacks target, trained with `params.surrogate`."""
-    return _run_training_stage(params=params, train=params.surrogate, name="surrogate", data=data, out=out,
-                               live=live, metrics=metrics, data_root=data_root, checkpoints=checkpoints)
-
-
-def pretrain_stage(*, params: Params, data: Path, out: Path, live: Path, metrics: Path,
-                   data_root: Path = Path("data"), checkpoints: Path | None = None) -> dict:
-    """DVC stage `pretrain`: CLIP trained on the noisy pairs with `params.pretrain`."""
-    return _run_training_stage(params=params, train=params.pretrain, name="pretrain", data=data, out=out,
-                               live=live, metrics=metrics, data_root=data_root, checkpoints=checkpoints)

@@ -13,7 +13,7 @@ when their `nproc` param is above 1: the stage re-executes itself under `torch.d
 - logs the loss averaged over ranks, and writes files from rank 0 only.
 
 Batch norm (the ResNet image tower) is synchronised across GPUs; on CPU (gloo) PyTorch has no synchronised
-batch norm, so there each rank normalises with its own slice's statistics (README: several GPUs).
+batch norm, so there each rank normalises with its own slice's statistics (docs/scaling.md).
 """
 
 from __future__ import annotations

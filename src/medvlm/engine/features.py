@@ -1,4 +1,4 @@
-"""The `features` stage: frozen-encoder features for every downstream task and split, cached to disk.
+"""Frozen-encoder features for every downstream task and split, cached to disk.
 
 Heads train and evaluate on these tensors only, so the CLIP runs once per image and question (and, for
 the training splits, once more per augmented view of each image); the file layout is documented in
@@ -19,18 +19,12 @@ from tqdm import tqdm
 
 from medvlm.data.augment import ViewAugmentation
 from medvlm.data.manifest import META_FILE, load_images, manifest_path, read_manifest, to_pixels
-from medvlm.data.cached_features import (
-    CLASSIFICATION_SPLITS,
-    FEATURES_META,
-    TRAINING_SPLITS,
-    VIEW_KEYS,
-    VQA_SPLITS,
-    fuse_vqa,
-)
+from medvlm.data.cached_features import FEATURES_META, SPLITS, TRAINING_SPLITS, VIEW_KEYS, fuse_vqa
 from medvlm.io import DataError, atomic_dir, read_json, save_tensors, write_json
 from medvlm.models.clip import MedClip, load_clip
-from medvlm.params import Params
-from medvlm.runtime import TrainingError, log, resolve_device
+from medvlm.params import AugmentParams
+from medvlm.runtime import TrainingError, log
+from medvlm.tasks import TASKS
 
 ANSWER_TYPES = ("closed", "open")
 
@@ -103,19 +97,21 @@ def _read_labels(data: Path) -> list[str]:
 def _targets(
     frames: dict[str, pd.DataFrame], labels: list[str], data: Path
 ) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    """Per split: `y` (and VQA's `closed`); plus the answer vocabulary of the VQA train split (sorted)."""
-    vqa_source = manifest_path(data, "vqa")
-    answers = sorted(set(frames["vqa_train"]["answer"]))
-    if len(answers) < 2:
-        raise DataError(f"{vqa_source}: the train split has {len(answers)} distinct answer(s); "
-                        "a VQA head needs two or more")
+    """Per split: `y` (and VQA's `closed`); plus the answer vocabulary of the VQA train split(s) (sorted)."""
+    vqa_train = [name for name, (task, split) in SPLITS.items() if task.kind == "vqa" and split == "train"]
+    answers = sorted(set().union(*(frames[name]["answer"] for name in vqa_train)))
+    if vqa_train and len(answers) < 2:
+        raise DataError(f"{manifest_path(data, SPLITS[vqa_train[0]][0].manifest)}: the train split has "
+                        f"{len(answers)} distinct answer(s); a VQA head needs two or more")
     answer_index = {answer: i for i, answer in enumerate(answers)}
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for name, (kind, _) in CLASSIFICATION_SPLITS.items():
-        tensors[name] = {"y": _label_indices(frames[name], labels, manifest_path(data, kind))}
-    for name in VQA_SPLITS:
-        y = [answer_index.get(answer, -1) for answer in frames[name]["answer"]]  # -1: not in the train vocabulary
-        tensors[name] = {"y": torch.tensor(y, dtype=torch.long), "closed": _closed_flags(frames[name], vqa_source)}
+    for name, (task, _) in SPLITS.items():
+        source = manifest_path(data, task.manifest)
+        if task.kind == "vqa":
+            y = [answer_index.get(answer, -1) for answer in frames[name]["answer"]]  # -1: not in the train vocabulary
+            tensors[name] = {"y": torch.tensor(y, dtype=torch.long), "closed": _closed_flags(frames[name], source)}
+        else:
+            tensors[name] = {"y": _label_indices(frames[name], labels, source)}
     return tensors, answers
 
 
@@ -129,24 +125,24 @@ def _check_finite_features(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
                                     f"{rows[:5]}; the CLIP in use gives NaN/inf embeddings (re-train it)")
 
 
-def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_root: Path = Path("data")) -> None:
+def write_features(*, clip: Path, data: Path, out: Path, data_root: Path, batch_size: int, augment: AugmentParams,
+                   seed: int, device: torch.device) -> None:
     """Embed every downstream split with the frozen CLIP in `clip` and write the cached features to `out`."""
     labels = _read_labels(data)
-    batch_size = params.features.batch_size
-    frames = {name: read_manifest(data, kind, data_root, split=split)
-              for name, (kind, split) in {**CLASSIFICATION_SPLITS, **VQA_SPLITS}.items()}
+    frames = {name: read_manifest(data, task.manifest, data_root, split=split)
+              for name, (task, split) in SPLITS.items()}
     tensors, answers = _targets(frames, labels, data)  # checks every label before any image is embedded
 
-    model = load_clip(clip, device=resolve_device(params.device))
-    for name in (*CLASSIFICATION_SPLITS, *VQA_SPLITS):
+    model = load_clip(clip, device=device)
+    for name, (task, _) in SPLITS.items():
         # The training splits also get one feature per augmented view: x, x_view1, x_view2.
         keys = ("x", *VIEW_KEYS) if name in TRAINING_SPLITS else ("x",)
         images = list(frames[name]["image"])
         # VQA: several questions per image and a few question templates, so both dedupe well.
         question = (_embed_deduplicated(list(frames[name]["question"]), partial(embed_texts, model, batch_size=batch_size))
-                    if name in VQA_SPLITS else None)
+                    if task.kind == "vqa" else None)
         for view, key in enumerate(keys):  # view 0 is the image itself
-            augmentation = ViewAugmentation(params.features.augment, seed=params.seed, view=view) if view else None
+            augmentation = ViewAugmentation(augment, seed=seed, view=view) if view else None
             embed = partial(embed_images, model, data_root, batch_size=batch_size, what=f"{name} {key}",
                             augmentation=augmentation)
             image = _embed_deduplicated(images, embed)
@@ -154,15 +150,15 @@ def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_ro
             tensors[name][key] = image if question is None else fuse_vqa(image, question)
 
     _check_finite_features(tensors)
-    out_of_vocab = int((tensors["vqa_test"]["y"] < 0).sum())
+    vqa_test = [name for name, (task, split) in SPLITS.items() if task.kind == "vqa" and split == "test"]
+    out_of_vocab = sum(int((tensors[name]["y"] < 0).sum()) for name in vqa_test)
     if out_of_vocab:
         log.info("%d of %d VQA test answers are not in the train answer vocabulary; they count as wrong",
-                 out_of_vocab, len(frames["vqa_test"]))
+                 out_of_vocab, sum(len(frames[name]) for name in vqa_test))
     meta: dict[str, Any] = {
         "labels": labels,
         "answers": answers,
-        "dims": {"cls_id": tensors["cls_id_train"]["x"].shape[1], "cls_ood": tensors["cls_ood_test"]["x"].shape[1],
-                 "vqa": tensors["vqa_train"]["x"].shape[1]},
+        "dims": {name: tensors[task.train_split or task.test_split]["x"].shape[1] for name, task in TASKS.items()},
         "counts": {name: int(t["y"].shape[0]) for name, t in tensors.items()},
         "vqa_test_out_of_vocab": out_of_vocab,
     }

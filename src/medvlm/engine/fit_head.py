@@ -1,4 +1,4 @@
-"""The one trainer for every light-weight head, and the `finetune` stage that runs it once per task.
+"""The one trainer for every light-weight head, and `train_heads`, which runs it once per task.
 
 Heads train on cached features held in memory: no DataLoader and no workers, just a seeded permutation
 split into batches each epoch. Each batch is a dict of the cached tensors the loss names (`loss.inputs`:
@@ -26,11 +26,10 @@ from medvlm.data.cached_features import load_feature_split, read_features_meta
 from medvlm.io import DataError, atomic_dir
 from medvlm.losses import HeadLoss, build_loss
 from medvlm.models.heads import Head, build_head, save_head
-from medvlm.params import Params, ParamsError
-from medvlm.runtime import check_finite, log, resolve_device, seed_everything, single_intra_op_thread
+from medvlm.methods import HeadTrainingParams
+from medvlm.runtime import check_finite, log, seed_everything, single_intra_op_thread
+from medvlm.tasks import TASKS, head_tasks
 
-FINETUNE_TASKS = {"cls_id": "cls_id_train", "vqa": "vqa_train"}
-"""Task -> cached split its head trains on (the OOD test set is scored with the cls_id head)."""
 
 
 def task_seed(seed: int, task: str) -> int:
@@ -156,26 +155,23 @@ def _check_labels(labels: torch.Tensor, n_classes: int, source: Path) -> None:
                         f"[{int(labels.min())}, {int(labels.max())}]")
 
 
-def finetune_stage(*, params: Params, method: str, features: Path, out: Path, live: Path) -> None:
-    """Train one `method` head per task on the cached train features; write `<task>.safetensors` and
-    `<task>.json` to `out` and the training curves to the DVCLive folder `live`."""
-    if method not in params.heads.methods:
-        raise ParamsError(f"--method {method!r} is not one of heads.methods {params.heads.methods}")
-    settings = getattr(params.heads, method)
+def train_heads(*, method: str, settings: HeadTrainingParams, features: Path, out: Path, live: Path, seed: int,
+                device: torch.device) -> None:
+    """Train one `method` head per task that trains a head (`medvlm.tasks`) on the cached train features; write
+    `<task>.safetensors` and `<task>.json` to `out` and the training curves to the DVCLive folder `live`."""
     meta = read_features_meta(features)
-    n_classes = {"cls_id": len(meta["labels"]), "vqa": len(meta["answers"])}
-    device = resolve_device(params.device)
     # Live closes (and flushes) before its temporary folder is renamed into place.
     with atomic_dir(out) as out_tmp, atomic_dir(live) as live_tmp, \
             Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False) as tracker:
-        for task, split in FINETUNE_TASKS.items():
+        for task, split in head_tasks().items():
+            n_classes = len(meta[TASKS[task].classes])
             data = load_feature_split(features, split)
-            _check_labels(data["y"], n_classes[task], Path(features) / f"{split}.safetensors")
-            generator = seed_everything(task_seed(params.seed, task))
-            head = build_head(method, data["x"].shape[1], n_classes[task]).to(device)
+            _check_labels(data["y"], n_classes, Path(features) / f"{split}.safetensors")
+            generator = seed_everything(task_seed(seed, task))
+            head = build_head(method, data["x"].shape[1], n_classes).to(device)
             loss = build_loss(method, **settings.loss_options()).to(device)
             fit_head(head, loss, {key: tensor.to(device) for key, tensor in data.items() if key in loss.inputs},
                      epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                      weight_decay=settings.weight_decay, generator=generator, task=task, live=tracker)
             save_head(head.cpu(), out_tmp, task)
-    log.info("wrote %s heads for %s to %s", method, ", ".join(FINETUNE_TASKS), out)
+    log.info("wrote %s heads for %s to %s", method, ", ".join(head_tasks()), out)

@@ -1,4 +1,4 @@
-"""The `evaluate` stage: clean test metrics of every trained head with bootstrap intervals, chance
+"""Clean test metrics of every trained head with bootstrap intervals, chance
 baselines and the frozen features' spectrum in one JSON; figures and plot data in one folder.
 
 Layout of the metrics: method -> task -> metric, e.g.
@@ -13,6 +13,7 @@ Robust accuracy is the `robustness` stage's (metrics/robustness/<method>.json); 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medvlm.data.cached_features import CLASSIFICATION_SPLITS, VQA_SPLITS, load_feature_split, read_features_meta
+from medvlm.data.cached_features import SPLITS, load_feature_split, read_features_meta
 from medvlm.eval.bootstrap import bootstrap_intervals
 from medvlm.eval.metrics import (
     classification_chance,
@@ -31,11 +32,11 @@ from medvlm.eval.metrics import (
 )
 from medvlm.eval.plot_data import write_plot_data
 from medvlm.eval.spectrum import feature_spectrum
-from medvlm.eval.tasks import TEST_TASKS, read_test_manifest
+from medvlm.tasks import TASKS, Task, head_tasks, read_test_manifest
 from medvlm.io import DataError, atomic_dir, write_items, write_json
 from medvlm.models.heads import Head, head_paths, load_head
-from medvlm.params import BootstrapParams, Params
-from medvlm.runtime import log, resolve_device
+from medvlm.params import BootstrapParams, RobustnessParams
+from medvlm.runtime import log
 
 SPECTRUM_SPLITS = ("cls_id_train", "cls_ood_test")
 """Image-feature splits whose spectrum is reported: what the heads train on, and the shifted test set."""
@@ -105,68 +106,65 @@ def item_keys(data: Path, data_root: Path, features: Path, splits: dict[str, dic
     """Per task, the test items' ids and groups (the image path: VQA questions on one image form a group), in
     the cached features' row order."""
     items = {}
-    for task_name, task in TEST_TASKS.items():
+    for task_name, task in TASKS.items():
         frame = read_test_manifest(task_name, data=data, data_root=data_root, features=features,
-                                   n_rows=len(splits[task.split]["y"]))
+                                   n_rows=len(splits[task.test_split]["y"]))
         items[task_name] = pd.DataFrame({"item": frame["id"].to_numpy(), "group": frame["image"].to_numpy()})
     return items
 
 
-def evaluate_stage(*, params: Params, data: Path, features: Path, heads: Path, robustness: Path, live: Path,
-                   out: Path, plots: Path, items: Path, data_root: Path = Path("data")) -> dict[str, Any]:
-    """Score `heads/<method>/{cls_id,vqa}` for every method in params.heads.methods on the cached test
-    features; write the metrics JSON to `out`, each test item's label, prediction and correctness to the
-    parquet table `items`, and figures + plot data (with the robustness metrics in `robustness/<method>.json`
-    and the DVCLive curves under `live`) to the folder `plots`."""
+def evaluate_heads(*, methods: Sequence[str], data: Path, features: Path, heads: Path, robustness: Path, live: Path,
+                   out: Path, plots: Path, items: Path, data_root: Path, batch_size: int, bootstrap: BootstrapParams,
+                   robust: RobustnessParams, seed: int, device: torch.device) -> dict[str, Any]:
+    """Score `heads/<method>/<head task>` for every method on the cached test features of every task; write the
+    metrics JSON to `out`, each test item's label, prediction and correctness to the parquet table `items`,
+    and figures + plot data (with the robustness metrics in `robustness/<method>.json` and the DVCLive curves
+    under `live`) to the folder `plots`."""
     meta = read_features_meta(features)
-    n_labels, n_answers = len(meta["labels"]), len(meta["answers"])
-    splits = {name: load_feature_split(features, name) for name in (*CLASSIFICATION_SPLITS, *VQA_SPLITS)}
+    splits = {name: load_feature_split(features, name) for name in SPLITS}
     labels = {name: split["y"].numpy() for name, split in splits.items()}
-    batch_size = params.evaluate.batch_size
-    bootstrap = params.evaluate.bootstrap
-    device = resolve_device(params.device)
     identities = item_keys(data, data_root, features, splits)
 
     results: dict[str, Any] = {}
     tables = []
     predictions: dict[str, dict[str, np.ndarray]] = {}
-    for method in params.heads.methods:
+    for method in methods:
         directory = Path(heads) / method
-        loaded = {"cls_id": _load_checked_head(directory, "cls_id", n_labels, device),
-                  "vqa": _load_checked_head(directory, "vqa", n_answers, device)}
+        loaded = {task: _load_checked_head(directory, task, len(meta[TASKS[task].classes]), device)
+                  for task in head_tasks()}
         results[method], predictions[method] = {}, {}
-        for task_name, task in TEST_TASKS.items():
-            probabilities = _split_probabilities(loaded[task.head], features, splits[task.split], task.split,
-                                                 batch_size)
+        for task_name, task in TASKS.items():
+            split = task.test_split
+            probabilities = _split_probabilities(loaded[task.head], features, splits[split], split, batch_size)
             predictions[method][task_name] = probabilities.argmax(axis=1)
             tables.append(identities[task_name].assign(
-                method=method, task=task_name, label=labels[task.split],
-                prediction=predictions[method][task_name],
-                correct=predictions[method][task_name] == labels[task.split]))
+                method=method, task=task_name, label=labels[split], prediction=predictions[method][task_name],
+                correct=predictions[method][task_name] == labels[split]))
             results[method][task_name] = (
-                scored_vqa(labels[task.split], predictions[method][task_name],
-                           splits[task.split]["closed"].numpy(), bootstrap, params.seed)
-                if task_name == "vqa" else
-                scored_classification(labels[task.split], probabilities, bootstrap, params.seed))
-        log.info("%s: cls_id acc %.3f, cls_ood acc %.3f, vqa acc %.3f", method,
-                 results[method]["cls_id"]["accuracy"], results[method]["cls_ood"]["accuracy"],
-                 results[method]["vqa"]["accuracy"])
+                scored_vqa(labels[split], predictions[method][task_name], splits[split]["closed"].numpy(),
+                           bootstrap, seed)
+                if task.kind == "vqa" else
+                scored_classification(labels[split], probabilities, bootstrap, seed))
+        log.info("%s: %s", method, ", ".join(f"{task} acc {results[method][task]['accuracy']:.3f}" for task in TASKS))
 
-    results["chance"] = {
-        "cls_id": classification_chance(labels["cls_id_train"], labels["cls_id_test"], n_labels),
-        "cls_ood": classification_chance(labels["cls_id_train"], labels["cls_ood_test"], n_labels),
-        "vqa": vqa_chance(labels["vqa_train"], splits["vqa_train"]["closed"].numpy(),
-                          labels["vqa_test"], splits["vqa_test"]["closed"].numpy()),
-    }
+    results["chance"] = {name: _chance(task, splits, len(meta[task.classes])) for name, task in TASKS.items()}
     results["spectrum"] = {name: feature_spectrum(splits[name]["x"]) for name in SPECTRUM_SPLITS}
 
     with atomic_dir(plots) as plots_dir:
-        write_plot_data(plots_dir, methods=params.heads.methods, class_names=meta["labels"],
-                        labels={task_name: labels[task.split] for task_name, task in TEST_TASKS.items()},
+        write_plot_data(plots_dir, methods=methods, class_names=meta["labels"],
+                        labels={task_name: labels[task.test_split] for task_name, task in TASKS.items()},
                         predictions=predictions, chance=results["chance"],
-                        robustness=Path(robustness), robust=params.evaluate.robust, live=Path(live))
+                        robustness=Path(robustness), robust=robust, live=Path(live))
         write_items(items, pd.concat(tables, ignore_index=True)[
             ["method", "task", "item", "group", "label", "prediction", "correct"]])
         write_json(out, results)
-    log.info("wrote metrics for %s to %s and figures to %s", ", ".join(params.heads.methods), out, plots)
+    log.info("wrote metrics for %s to %s and figures to %s", ", ".join(methods), out, plots)
     return results
+
+
+def _chance(task: Task, splits: dict[str, dict[str, torch.Tensor]], n_classes: int) -> dict[str, Any]:
+    """Chance levels of a task, with the majority class (answer) of the split its head trains on."""
+    train, test = splits[TASKS[task.head].train_split], splits[task.test_split]
+    if task.kind == "vqa":
+        return vqa_chance(train["y"].numpy(), train["closed"].numpy(), test["y"].numpy(), test["closed"].numpy())
+    return classification_chance(train["y"].numpy(), test["y"].numpy(), n_classes)

@@ -15,19 +15,18 @@ import numpy as np
 import pandas as pd
 
 from medvlm.eval.figures import confusion_png, line_panels, training_curves_png
-from medvlm.eval.tasks import TEST_TASKS, eps_key
+from medvlm.tasks import TASKS, eps_key
 from medvlm.io import DataError, read_json
 from medvlm.params import RobustnessParams
 
-CONFUSION_TASKS = ("cls_id", "cls_ood")
-"""VQA's answer vocabulary mixes yes/no with open answers: a confusion matrix of it says little."""
+CONFUSION_TASKS = tuple(name for name, task in TASKS.items() if task.confusion)
 
 
 def read_robustness(robustness: Path, method: str, robust: RobustnessParams) -> dict[str, Any]:
     """One method's robustness metrics, checked to hold every task and radius the params ask for."""
     path = robustness / f"{method}.json"
     results = read_json(path)
-    for task in TEST_TASKS:
+    for task in TASKS:
         missing = [key for key in ("clean", *map(eps_key, robust.eps_255)) if key not in results.get(task, {})]
         if missing:
             raise DataError(f"{path}: task {task!r} lacks {missing}; re-run the robustness stage")
@@ -40,7 +39,7 @@ def robustness_curves(results: Mapping[str, Any], robust: RobustnessParams) -> d
     radii = np.array([0.0, *robust.eps_255])
     return {task: (radii, np.array([results[task][key]["accuracy"] for key in keys]),
                    np.array([results[task][key]["ci"] for key in keys]).T)
-            for task in TEST_TASKS}
+            for task in TASKS}
 
 
 def write_plot_data(plots_dir: Path, *, methods: Sequence[str], class_names: Sequence[str],
@@ -62,9 +61,8 @@ def write_plot_data(plots_dir: Path, *, methods: Sequence[str], class_names: Seq
         radii = next(iter(per_task.values()))[0]
         table = pd.DataFrame({"eps_255": radii, **{task: accuracy for task, (_, accuracy, _) in per_task.items()}})
         table.to_csv(plots_dir / "robustness" / f"{method}.csv", index=False)
-    chance_levels = {"cls_id": chance["cls_id"]["uniform"], "cls_ood": chance["cls_ood"]["uniform"],
-                     "vqa": chance["vqa"]["majority"]}
-    line_panels({task: {method: curves[method][task] for method in methods} for task in TEST_TASKS},
+    chance_levels = {name: chance[name][task.chance] for name, task in TASKS.items()}
+    line_panels({task: {method: curves[method][task] for method in methods} for task in TASKS},
                 xlabel=f"L∞ ε (/255), PGD-{robust.steps}; 0 = clean", ylabel="accuracy",
                 chance={task: level for task, level in chance_levels.items() if level is not None},
                 path=figures / "robust_accuracy.png")

@@ -1,4 +1,4 @@
-"""The `robustness` stage: accuracy under test-time L∞ PGD through the frozen image encoder and a head.
+"""Accuracy under test-time L∞ PGD through the frozen image encoder and a head.
 
 For each task (in-domain and out-of-domain classification, VQA with the question held fixed) a seeded
 subset of the test images is attacked at every ε of `evaluate.robust.eps_255`, maximising the head's
@@ -23,12 +23,12 @@ from medvlm.attacks.pgd import linf_ball, random_start_in
 from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_features_meta
 from medvlm.data.manifest import load_images, to_pixels
 from medvlm.eval.bootstrap import accuracy_interval
-from medvlm.eval.tasks import TEST_TASKS, eps_key, read_test_manifest
+from medvlm.tasks import TASKS, eps_key, read_test_manifest
 from medvlm.io import DataError, write_items, write_json
 from medvlm.models.clip import MedClip, load_clip
 from medvlm.models.heads import Head, load_head
-from medvlm.params import Params, RobustnessParams
-from medvlm.runtime import log, resolve_device, seed_everything
+from medvlm.params import BootstrapParams, RobustnessParams
+from medvlm.runtime import log, seed_everything
 
 Classifier = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """Maps pixels N×1×H×W in [0, 1] (and per-image context, e.g. question embeddings) to logits N×C."""
@@ -131,7 +131,7 @@ def _task_inputs(task_name: str, *, split: dict[str, torch.Tensor], data: Path, 
     entries = frame.iloc[rows.numpy()]
     pixels = to_pixels(load_images(data_root, list(entries["image"]))).to(device)
     cached = split["x"][rows]
-    questions = cached[:, image_dim:2 * image_dim].to(device) if task_name == "vqa" else None
+    questions = cached[:, image_dim:2 * image_dim].to(device) if TASKS[task_name].kind == "vqa" else None
     return pixels, split["y"][rows].to(device), questions, cached[:, :image_dim], entries
 
 
@@ -144,13 +144,12 @@ def _check_features_match(clip: MedClip, pixels: torch.Tensor, cached: torch.Ten
                         "they were not computed with this CLIP (re-run features)")
 
 
-def robustness_stage(*, params: Params, method: str, data: Path, features: Path, clip: Path, heads: Path,
-                     out: Path, items: Path, data_root: Path = Path("data")) -> dict[str, Any]:
+def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: Path, out: Path, items: Path,
+                 data_root: Path, robust: RobustnessParams, bootstrap: BootstrapParams, seed: int,
+                 device: torch.device) -> dict[str, Any]:
     """Attack `heads/<method>` through the CLIP in `clip` on every test task; write metrics JSON to `out` and the
     per-item correctness (clean and at every radius; NA where a radius did not attack the item) to `items`."""
-    robust = params.evaluate.robust
-    seed_everything(params.seed)
-    device = resolve_device(params.device)
+    seed_everything(seed)
     image_dim = int(read_features_meta(features)["dims"]["cls_id"])
     model = load_clip(clip, device=device).eval().requires_grad_(False)
 
@@ -158,17 +157,17 @@ def robustness_stage(*, params: Params, method: str, data: Path, features: Path,
     tables = []
     attacked = 0
     start_time = time.perf_counter()
-    for task_index, (task_name, task) in enumerate(TEST_TASKS.items()):
-        split = load_feature_split(features, task.split)
-        rows, small = attack_subsets(len(split["y"]), (robust.main_n_images, robust.n_images), params.seed,
+    for task_index, (task_name, task) in enumerate(TASKS.items()):
+        split = load_feature_split(features, task.test_split)
+        rows, small = attack_subsets(len(split["y"]), (robust.main_n_images, robust.n_images), seed,
                                      task_index)
         pixels, labels, questions, cached, entries = _task_inputs(
             task_name, split=split, data=data, features=features, data_root=data_root, rows=rows,
             image_dim=image_dim, device=device)
-        _check_features_match(model, pixels, cached, f"{features}/{task.split}.safetensors")
+        _check_features_match(model, pixels, cached, f"{features}/{task.test_split}.safetensors")
         head = load_head(Path(heads) / method, task.head, device).requires_grad_(False)
-        classify = encoder_head_classifier(model, head, vqa=task_name == "vqa")
-        generator = torch.Generator().manual_seed(params.seed)
+        classify = encoder_head_classifier(model, head, vqa=task.kind == "vqa")
+        generator = torch.Generator().manual_seed(seed)
         in_small = torch.isin(rows, small)  # the other radii attack these positions of the main subset
 
         task_results: dict[str, Any] = {"n": len(small), "n_main": len(rows)}
@@ -189,7 +188,7 @@ def robustness_stage(*, params: Params, method: str, data: Path, features: Path,
             task_results[key] = {
                 "accuracy": float(correct_at[eps].float().mean()),
                 "n": len(correct_at[eps]),
-                "ci": accuracy_interval(correct_at[eps].numpy(), params=params.evaluate.bootstrap, seed=params.seed),
+                "ci": accuracy_interval(correct_at[eps].numpy(), params=bootstrap, seed=seed),
             }
         check = slice(0, robust.check_images)
         weak = correct_at[robust.main_eps_255][check]

@@ -1,4 +1,4 @@
-"""RAN's learned-centroid margin term (this project's reconstruction, DESIGN §6; docs/method.md).
+"""RAN's learned-centroid margin term (this project's reconstruction; docs/method.md).
 
 On the unit sphere with d = squared Euclidean distance:
   sample term     mean_i [ m + d(n(z_i), n(μ_{y_i})) − min_{c≠y_i} d(n(z_i), n(μ_c)) ]_+

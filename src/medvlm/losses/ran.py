@@ -1,5 +1,5 @@
 """RAN's objective (Han et al., EMNLP Findings 2024): the paper names the three terms, the equations are
-this project's documented reconstruction (DESIGN §6, docs/method.md).
+this project's documented reconstruction (docs/method.md).
 
   L = CE + w_con · MSE(n(z), sg(n(u))) + w_cov · (1/D) Σ_{j≠k} C_jk² + w_adv · L_adv
   L_adv = sample margin of z against the head's learned class centroids + centroid separation

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medvlm.io import DataError, load_tensors, read_json, save_tensors, write_json
+from medvlm.methods import get_method
 
 
 @dataclass(frozen=True)
@@ -118,14 +119,9 @@ class RanHead(ResidualMLPHead):
         self.centroids = nn.Parameter(torch.randn(n_classes, in_dim))
 
 
-HEADS: dict[str, type[Head]] = {head.method: head for head in (LinearProbe, ResidualMLPHead, NMTuneHead, RanHead)}
-"""Head classes by method name (the names `heads.methods` in params.yaml may use)."""
-
-
 def build_head(method: str, in_dim: int, n_classes: int, **hyper: Any) -> Head:
-    if method not in HEADS:
-        raise ValueError(f"unknown head method {method!r}; known methods: {sorted(HEADS)}")
-    return HEADS[method](in_dim, n_classes, **hyper)
+    """A fresh head of a registered method (`medvlm.methods`)."""
+    return get_method(method).head_class()(in_dim, n_classes, **hyper)
 
 
 def head_paths(directory: str | Path, name: str) -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from medvlm.eval.tasks import TEST_TASKS, eps_key
+from medvlm.tasks import TASKS, eps_key
 from medvlm.io import atomic_dir, atomic_file
 from medvlm.report.claims import mdd_contrasts, study_claims
 from medvlm.report.collect import ReportError
@@ -72,8 +72,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def _chance(runs: Sequence[StudyRun]) -> dict[str, float]:
     chance = runs[0].metrics.get("metrics/evaluate.json", {}).get("chance", {})
-    levels = {"cls_id": chance.get("cls_id", {}).get("uniform"), "cls_ood": chance.get("cls_ood", {}).get("uniform"),
-              "vqa": chance.get("vqa", {}).get("majority")}
+    levels = {name: chance.get(name, {}).get(task.chance) for name, task in TASKS.items()}
     return {task: level for task, level in levels.items() if level is not None}
 
 
@@ -82,7 +81,7 @@ def _summaries(conditions: Sequence[Condition], methods: Sequence[str], main: st
     summaries = {}
     for condition in conditions:
         for method in methods:
-            for task in TEST_TASKS:
+            for task in TASKS:
                 for metric in dict.fromkeys((CLEAN, main, *radii)):
                     summaries[(condition, method, task, metric)] = summarize(
                         condition=condition, method=method, task=task, metric=metric,

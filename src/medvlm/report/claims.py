@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.tasks import TASKS
 from medvlm.report.conditions import ADVERSARIAL, RANDOM, Condition, Incomparable, baseline_of, matching, series
 from medvlm.report.study import CLEAN
 
@@ -132,7 +132,7 @@ def ran_beats_others(*, conditions: Sequence[Condition], methods: Sequence[str])
     what = f"mean over {len(noisy)} condition{'s' * (len(noisy) > 1)}"
     contrasts = []
     for other in others:
-        for task in TEST_TASKS:
+        for task in TASKS:
             for metric in METRICS:
                 terms = [term for c in noisy for term in (Term(c, RAN, task, metric, 1 / len(noisy)),
                                                           Term(c, other, task, metric, -1 / len(noisy)))]
@@ -154,7 +154,7 @@ def adversarial_differs_from_random(*, conditions: Sequence[Condition], methods:
             notes.append(f"cannot compare: {exc}")
             continue
         for method in methods:
-            for task in TEST_TASKS:
+            for task in TASKS:
                 for metric in METRICS:
                     contrasts.append(Contrast(method, task, metric, f"adversarial − random at {noise.ratio:g}", 0,
                                               tuple(_change(adversarial, noise, method, task, metric))))
@@ -168,7 +168,7 @@ def robust_rises(*, conditions: Sequence[Condition], methods: Sequence[str]) -> 
     pairs, notes = high_noise_pairs(conditions=conditions)
     contrasts = tuple(Contrast(method, task, ROBUST, f"{HIGH:g} − 0{_label(high)}", +1,
                                tuple(_change(high, base, method, task, ROBUST)))
-                      for high, base in pairs for method in methods for task in TEST_TASKS)
+                      for high, base in pairs for method in methods for task in TASKS)
     return Claim("e", f"Robust accuracy rises with the noise ratio ({HIGH:g} vs 0; found by an earlier single-seed "
                       "sweep, re-checked here; claimed +).", contrasts, tuple(notes))
 
@@ -183,5 +183,5 @@ def mdd_contrasts(*, conditions: Sequence[Condition], methods: Sequence[str]) ->
     pairs, notes = high_noise_pairs(conditions=conditions)
     contrasts = [Contrast(method, task, metric, f"{HIGH:g} − 0{_label(high)}", 0,
                           tuple(_change(high, base, method, task, metric)))
-                 for high, base in pairs for task in TEST_TASKS for metric in METRICS for method in methods]
+                 for high, base in pairs for task in TASKS for metric in METRICS for method in methods]
     return contrasts, notes

@@ -17,6 +17,8 @@ from typing import Any
 from medvlm.io import DataError
 
 EVALUATE_METRICS = "metrics/evaluate.json"
+HEADLINE_METRICS = "metrics/headline.json"
+"""The one declared DVC metrics file, written last: an experiment that has it has finished."""
 
 
 class ReportError(DataError):
@@ -55,7 +57,7 @@ def _finished(entry: dict[str, Any]) -> bool:
     """A committed run with an evaluation: not failed, not queued, not still running (those have no commit)."""
     data = entry.get("data") or {}
     committed = re.fullmatch(r"[0-9a-f]{40}", entry.get("rev") or "") is not None
-    return committed and not entry.get("error") and EVALUATE_METRICS in (data.get("metrics") or {})
+    return committed and not entry.get("error") and HEADLINE_METRICS in (data.get("metrics") or {})
 
 
 def runs_from_experiments(*, repo: Path, names: Sequence[str] = (), include_baseline: bool = False,
@@ -78,7 +80,7 @@ def runs_from_experiments(*, repo: Path, names: Sequence[str] = (), include_base
             raise ReportError(f"no finished experiment named {missing}; found {sorted(run.name for run in found)}")
         found = [run for run in found if run.name in names]
     if not found:
-        raise ReportError(f"{repo}: no finished experiment with {EVALUATE_METRICS} (run the sweep first)")
+        raise ReportError(f"{repo}: no finished experiment with {HEADLINE_METRICS} (run the sweep first)")
     return found
 
 

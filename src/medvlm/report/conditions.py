@@ -11,13 +11,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medvlm.params import NOT_RESULT_SHAPING
 from medvlm.report.collect import ReportError
 from medvlm.report.study import StudyRun
 
 NOT_SHAPING = frozenset({
-    # `seed` is the replicate axis; the others set resources, checkpointing or figures, never a result.
-    "seed", "device", "data.workers", "surrogate.checkpoint_every", "pretrain.checkpoint_every", "surrogate.nproc",
-    "pretrain.nproc", "features.batch_size", "evaluate.batch_size", "attack.batch_size", "attack.gallery_pairs",
+    # `seed` is the replicate axis. The knobs no stage depends on, plus those that change floating-point
+    # rounding or a figure but not a result in expectation: runs that differ only in them are replicates.
+    "seed", *NOT_RESULT_SHAPING, "device", "features.batch_size", "evaluate.batch_size", "attack.batch_size",
+    "attack.gallery_pairs",
 })
 NOISE_ONLY = ("noise_type", "noise_kind", "attack.", "surrogate.")
 """Keys (or prefixes) with no effect when nothing is perturbed: at noise_ratio 0 the surrogate is unused."""

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on CI machines or GPU nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
-from medvlm.eval.tasks import TEST_TASKS  # noqa: E402
+from medvlm.tasks import TASKS  # noqa: E402
 from medvlm.report.conditions import RANDOM, Condition, Incomparable, baseline_of, series  # noqa: E402
 from medvlm.report.tables import TASK_TITLES, Summaries  # noqa: E402
 
@@ -41,8 +41,8 @@ def accuracy_figure(*, conditions: Sequence[Condition], methods: Sequence[str], 
         except Incomparable:
             lines.append(members)  # no matched baseline: the noisy points alone
     randoms = [c for c in conditions if c.kind == RANDOM]
-    figure, panels = plt.subplots(1, len(TEST_TASKS), figsize=(4.2 * len(TEST_TASKS), 3.6), squeeze=False)
-    for axes, task in zip(panels[0], TEST_TASKS):
+    figure, panels = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 3.6), squeeze=False)
+    for axes, task in zip(panels[0], TASKS):
         for index, method in enumerate(methods):
             color = f"C{index % 10}"
             for number, line in enumerate(lines):

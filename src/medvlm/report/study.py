@@ -28,7 +28,7 @@ def robust_items(method: str) -> str:
 
 
 def radius_of(metric: str) -> float:
-    """'eps_0p5' -> 0.5 (the inverse of medvlm.eval.tasks.eps_key)."""
+    """'eps_0p5' -> 0.5 (the inverse of medvlm.tasks.eps_key)."""
     return float(metric[4:].replace("p", "."))
 
 

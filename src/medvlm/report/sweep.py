@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medvlm.report.collect import ReportError, command
+from medvlm.report.collect import command
 from medvlm.report.study import RUNS_DIR
 from medvlm.runtime import log
 

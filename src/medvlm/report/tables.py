@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from medvlm.eval.tasks import TEST_TASKS
+from medvlm.tasks import TASKS
 from medvlm.report.conditions import Condition
 from medvlm.report.contrasts import Row
 from medvlm.report.study import CLEAN, radius_of
 from medvlm.report.summary import Summary, condition_metric
 
-TASK_TITLES = {"cls_id": "in-domain", "cls_ood": "out-of-domain", "vqa": "VQA"}
+TASK_TITLES = {name: task.title for name, task in TASKS.items()}
 ONE_SEED = "†"
 """Marks a number from one seed: its interval (or test) is over items only, without training variance."""
 Summaries = Mapping[tuple[Condition, str, str, str], Summary | None]
@@ -109,10 +109,10 @@ def accuracy_table(*, conditions: Sequence[Condition], methods: Sequence[str], s
                    robust_metric: str) -> str:
     """Clean and main-radius robust accuracy per condition × method and task: mean ± SD [two-level interval]."""
     metrics = ((CLEAN, "clean"), (robust_metric, radius_title(robust_metric)))
-    header = ["condition", "method", "seeds", *(f"{TASK_TITLES[task]} {title}" for task in TEST_TASKS
+    header = ["condition", "method", "seeds", *(f"{TASK_TITLES[task]} {title}" for task in TASKS
                                                for _, title in metrics)]
     rows = [[condition.name, method, str(len(condition.seeds)),
-             *(cell(summaries.get((condition, method, task, metric))) for task in TEST_TASKS for metric, _ in metrics)]
+             *(cell(summaries.get((condition, method, task, metric))) for task in TASKS for metric, _ in metrics)]
             for condition in conditions for method in methods]
     return markdown_table(header, rows)
 
@@ -120,9 +120,9 @@ def accuracy_table(*, conditions: Sequence[Condition], methods: Sequence[str], s
 def radius_table(*, conditions: Sequence[Condition], methods: Sequence[str], summaries: Summaries,
                  radii: Sequence[str]) -> str:
     """Robust accuracy at every radius (mean ± SD over seeds)."""
-    header = ["condition", "method", *(f"{TASK_TITLES[task]} {radius_title(r)}" for task in TEST_TASKS for r in radii)]
+    header = ["condition", "method", *(f"{TASK_TITLES[task]} {radius_title(r)}" for task in TASKS for r in radii)]
     rows = [[condition.name, method, *(cell(summaries.get((condition, method, task, r)), interval=False)
-                                       for task in TEST_TASKS for r in radii)]
+                                       for task in TASKS for r in radii)]
             for condition in conditions for method in methods]
     return markdown_table(header, rows)
 
@@ -131,7 +131,7 @@ def item_counts(*, conditions: Sequence[Condition], methods: Sequence[str], summ
                 metrics: Sequence[str]) -> dict[str, dict[str, str]]:
     """Task -> metric -> items per seed scored (range over runs and methods), read from the item tables."""
     counts: dict[str, dict[str, str]] = {}
-    for task in TEST_TASKS:
+    for task in TASKS:
         for metric in metrics:
             found = [n for c in conditions for m in methods
                      if (summary := summaries.get((c, m, task, metric))) is not None for n in summary.items]

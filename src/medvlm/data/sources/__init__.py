@@ -1,6 +1,6 @@
-"""Adapters from real data sets' local copies to the project's manifest rows (DESIGN §3.3).
+"""Adapters from real data sets' local copies to the project's manifest rows (docs/data.md).
 
-Each adapter reads a data set in its own published layout (DATASET-FORMATS.md) and returns a `SourceTable`:
+Each adapter reads a data set in its own published layout (docs/data.md) and returns a `SourceTable`:
 one row per manifest row, with the original image file (`file`, absolute), the manifest split and the
 task's text columns. Classification adapters give `findings` (canonical lower-case names, "normal" for an
 image without findings); `medvlm.data.labels` turns those into single labels. Nothing is decoded here:
