@@ -17,11 +17,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
+    import torch
     import pandas as pd
 
 
@@ -172,12 +170,17 @@ def read_items(path: str | Path) -> pd.DataFrame:
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
     """Save tensors as safetensors (no pickle), atomically."""
+    from safetensors.torch import save_file  # noqa: PLC0415  (imports torch: only stages that save tensors pay it)
+
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     with atomic_file(path) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata or {}))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError  # noqa: PLC0415  (as in save_tensors)
+    from safetensors.torch import load_file  # noqa: PLC0415
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -8,8 +8,10 @@ import os
 import random
 from collections.abc import Iterator
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("medvlm")
 
@@ -22,6 +24,9 @@ def setup_logging() -> None:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch from the one `seed` param; return a torch generator for explicit use."""
+    import numpy as np  # noqa: PLC0415  (imported where used: a stage that never computes need not load torch)
+    import torch  # noqa: PLC0415
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -33,6 +38,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def resolve_device(name: str) -> torch.device:
     """Map the `device` param (auto|cpu|cuda) to a torch device; `cuda` without a GPU is an error."""
+    import torch  # noqa: PLC0415
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -48,6 +55,8 @@ def enable_fast_cuda_math(device: torch.device) -> None:
     """
     if device.type != "cuda":
         return
+    import torch  # noqa: PLC0415
+
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
@@ -67,6 +76,8 @@ class TrainingInterrupted(TrainingError):
 
 def check_finite(value: torch.Tensor, what: str, step: int) -> None:
     """Stop training at the first non-finite loss, naming the term and the step."""
+    import torch  # noqa: PLC0415
+
     if not torch.isfinite(value).all():
         raise TrainingError(f"{what} became {value.item() if value.numel() == 1 else 'non-finite'} at step {step}; "
                             "lower the learning rate or check the inputs")
@@ -81,6 +92,8 @@ def single_intra_op_thread() -> Iterator[None]:
     threads (1.9 s vs 4-38 s), a residual-MLP step (D = 512, batch 64) 4x slower (19 vs 79 ms), and one
     augmented 64×64 view 6-24x slower (1.0 vs 6-24 ms).
     """
+    import torch  # noqa: PLC0415
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
