@@ -19,7 +19,8 @@ METHODS = ("lp", "ran")
 TASK_NAMES = ("cls_id", "cls_ood", "vqa")
 HEAD_STAGES = {f"finetune@{method}" for method in METHODS}
 ROBUSTNESS_STAGES = {f"robustness@{method}" for method in METHODS}
-DOWNSTREAM = {"attack", "pretrain", "features", *HEAD_STAGES, *ROBUSTNESS_STAGES, "evaluate", "headline"}
+# A changed param re-runs check_params first (it validates before DVC deletes any output), then its stages.
+DOWNSTREAM = {"check_params", "attack", "pretrain", "features", *HEAD_STAGES, *ROBUSTNESS_STAGES, "evaluate", "headline"}
 ALL_STAGES = {"download", "surrogate", *DOWNSTREAM}
 TINY = {
     "noise_ratio": 0.25,

@@ -102,7 +102,7 @@ def test_plots_cover_every_method_and_figure(pipeline_repo):
 def test_exp_run_of_a_ran_weight_reruns_only_ran_evaluate_and_headline(pipeline_repo, tmp_path):
     repo = copy_of(pipeline_repo, tmp_path / "repo")
     output = run(repo, "dvc", "exp", "run", "-S", "heads.ran.w_adv=0", "-n", "ran-no-adv")
-    assert stages_run(output) == {"finetune@ran", "robustness@ran", "evaluate", "headline"}, output
+    assert stages_run(output) == {"check_params", "finetune@ran", "robustness@ran", "evaluate", "headline"}, output
 
 
 def test_metrics_diff_between_branches(pipeline_repo, tmp_path):
