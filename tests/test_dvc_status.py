@@ -12,8 +12,9 @@ import yaml
 from e2e_repo import REPO, copy_of, edit_params, run
 from medvlm.params import NOT_RESULT_SHAPING, Params
 
-KNOBS = {"data": {"workers": 2}, "surrogate": {"checkpoint_every": 7, "nproc": 2},
-         "pretrain": {"checkpoint_every": 3, "nproc": 2}}
+KNOBS = {"data": {"workers": 2},
+         "surrogate": {"checkpoint_every": 7, "nproc": 2, "nnodes": 2, "rdzv_endpoint": "127.0.0.1:29500"},
+         "pretrain": {"checkpoint_every": 3, "nproc": 2, "nnodes": 2, "rdzv_endpoint": "127.0.0.1:29500"}}
 
 
 def _flatten(tree: dict, prefix: str = "") -> set[str]:

@@ -17,8 +17,9 @@ from medvlm.methods import METHODS, HeadTrainingParams
 
 
 
-NOT_RESULT_SHAPING = ("data.workers", "surrogate.checkpoint_every", "surrogate.nproc", "pretrain.checkpoint_every",
-                      "pretrain.nproc")
+NOT_RESULT_SHAPING = ("data.workers", "surrogate.checkpoint_every", "surrogate.nproc", "surrogate.nnodes",
+                      "surrogate.rdzv_endpoint", "pretrain.checkpoint_every", "pretrain.nproc", "pretrain.nnodes",
+                      "pretrain.rdzv_endpoint")
 """Knobs that set resources or checkpointing and never change a number: no stage depends on them in dvc.yaml,
 so changing one re-runs nothing (tests/test_dvc_status.py)."""
 
@@ -32,6 +33,8 @@ class _Section(BaseModel):
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ENDPOINT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$")
+"""host:port of a rendezvous: a host name, an IPv4 address or a bracketed IPv6 address, and a port."""
 
 
 class _SourceParams(_Section):
@@ -161,13 +164,37 @@ class TrainParams(_Section):
     warmup_steps: int = Field(50, ge=0)
     checkpoint_every: int = Field(
         50, ge=0, description="optimizer steps between checkpoints in checkpoints/<stage>/ (0: only on SIGINT/SIGTERM)")
-    nproc: int = Field(1, ge=1, le=1024, description="training processes (one per GPU); > 1 launches torchrun")
+    nproc: int = Field(1, ge=1, le=1024, description="training processes per machine (one per GPU); > 1 launches "
+                       "torchrun")
+    nnodes: int = Field(1, ge=1, le=1024, description="machines training together (torchrun's c10d rendezvous "
+                        "at rdzv_endpoint); each runs nproc processes")
+    rdzv_endpoint: str = Field("", description="host:port of the c10d rendezvous every machine joins; required "
+                               "when nnodes > 1")
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, endpoint: str) -> str:
+        if not endpoint:
+            return endpoint
+        match = _ENDPOINT.match(endpoint)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise ValueError("must be host:port (a host name or address, a port 1-65535), e.g. node001:29500")
+        return endpoint
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: nnodes machines of nproc each."""
+        return self.nnodes * self.nproc
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> "TrainParams":
-        if self.batch_size % self.nproc:
+        if self.nnodes == 1 and self.batch_size % self.nproc:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): "
                              "each training process takes an equal slice of the global batch")
+        if self.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nnodes x nproc "
+                             f"({self.nnodes} x {self.nproc} = {self.world_size} training processes): each takes "
+                             "an equal slice of the global batch")
         return self
 
 
@@ -320,6 +347,16 @@ class Params(_Section):
     features: FeatureParams = FeatureParams()
     heads: _BUILTIN_HEADS = _BUILTIN_HEADS()  # type: ignore[valid-type]
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _several_machines_need_a_rendezvous(self):
+        for name in ("surrogate", "pretrain"):
+            train = getattr(self, name)
+            if train.nnodes > 1 and not train.rdzv_endpoint:
+                raise ValueError(f"{name}.rdzv_endpoint: required when {name}.nnodes > 1 ({train.nnodes}): the "
+                                 "host:port of the c10d rendezvous every machine joins, e.g. the first node's "
+                                 "hostname and a free port (docs/scaling.md)")
+        return self
 
     @model_validator(mode="after")
     def _untrained_surrogate_needs_weights(self):

@@ -66,11 +66,12 @@ class TrainingPosition:
 
 def training_fingerprint(*, stage: str, seed: int, model: dict[str, Any], image_size: int, train: TrainParams,
                          device_type: str, pairs: Sequence[ImageCaptionPairs], code: Iterable[Path]) -> str:
-    """SHA-256 of everything that shapes a training run's result (not `checkpoint_every`, which does not)."""
+    """SHA-256 of everything that shapes a training run's result (not `checkpoint_every` or the multi-machine
+    settings, which do not; checkpoints are written by single-process training only)."""
     digest = hashlib.sha256()
     settings = {"format": CHECKPOINT_FORMAT, "stage": stage, "seed": seed, "model": model,
                 "image_size": image_size, "device": device_type,
-                "train": train.model_dump(mode="json", exclude={"checkpoint_every"})}
+                "train": train.model_dump(mode="json", exclude={"checkpoint_every", "nnodes", "rdzv_endpoint"})}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for split in pairs:
         digest.update(json.dumps([split.ids, split.captions]).encode())

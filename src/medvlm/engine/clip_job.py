@@ -59,10 +59,16 @@ def train_clip_to_files(
     """Load pairs from `data`, train a fresh CLIP (or continue from the checkpoint in `checkpoints`), write
     the model folder, the DVCLive folder and metrics.
 
-    With `nproc` > 1 outside torchrun, re-runs the stage script as that many torchrun workers instead.
+    With `nproc` > 1 outside torchrun, re-runs the stage script as that many torchrun workers instead; with
+    `nnodes` > 1, as this machine's workers of a run that the same command on every machine joins (one
+    machine writes the outputs: `medvlm.engine.distributed`).
     """
-    if train.nproc > 1 and not launched_by_torchrun():
-        relaunch_under_torchrun(train.nproc)
+    if train.world_size > 1 and not launched_by_torchrun():
+        relaunch_under_torchrun(train.nproc, nnodes=train.nnodes, rdzv_endpoint=train.rdzv_endpoint,
+                                rdzv_id=f"medvlm-{name}")
+        if train.nnodes > 1 and not metrics.is_file():
+            log.info("%s: no outputs written on this machine: the machine DVC runs the stage on writes them", name)
+            return {}
         return read_json(metrics)
     workers, device = join_workers(device, batch_size=train.batch_size, section=name)
     try:
@@ -92,13 +98,15 @@ def _train_and_write(
     clip = initial_clip(model, image_size, device)
 
     saver = None
+    if checkpoints is not None or workers.distributed:
+        fingerprint = training_fingerprint(
+            stage=name, seed=seed, model=model.model_dump(mode="json"), image_size=image_size,
+            train=train, device_type=device.type, pairs=(train_pairs, val_pairs), code=tuple(code))
+        workers.require_same(fingerprint, section=name)
     if checkpoints is not None and workers.distributed:
         log.info("%s: resumable checkpoints are written by single-process training only; the %d torchrun "
                  "processes run without them", name, workers.world_size)
     elif checkpoints is not None:
-        fingerprint = training_fingerprint(
-            stage=name, seed=seed, model=model.model_dump(mode="json"), image_size=image_size,
-            train=train, device_type=device.type, pairs=(train_pairs, val_pairs), code=tuple(code))
         saver = TrainingCheckpoints(checkpoints, every=train.checkpoint_every, fingerprint=fingerprint, stage=name)
     with contextlib.nullcontext() if saver is None else saver, \
             main_rank_dirs(workers, out, live) as (model_dir, live_dir):
