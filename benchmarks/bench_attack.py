@@ -2,9 +2,12 @@
 
 Both attack the surrogate wrapped as a classifier over a fixed bank of captions
 (logits = scale · image_emb @ text_bank.T) with the same untargeted cross-entropy, batch, ε, step and number
-of steps, on the same seeded images and labels (the clean predictions). torchattacks is not a project
-dependency: `make bench` installs it with `--no-deps` into `.bench-site/` (never into the venv) and puts it
-on PYTHONPATH for this script only; without it the script says so and skips the comparison.
+of steps, on the same seeded images and labels (the clean predictions). Ours runs twice: in float32 (the
+pipeline's default) and with `autocast_bf16=True`; each attack's success (top-1 caption changed, similarity
+drop) is printed beside its throughput, so a faster variant can be seen not to be a weaker one.
+torchattacks is not a project dependency: `make bench` installs it with `--no-deps` into `.bench-site/`
+(never into the venv) and puts it on PYTHONPATH for this script only; without it the script says so and
+skips the comparison.
 
     make bench            # or: PYTHONPATH=.bench-site python benchmarks/bench_attack.py --surrogate models/surrogate
 """
@@ -51,21 +54,34 @@ class CaptionBankClassifier(nn.Module):
         return self.scale * self.clip.encode_pixels(pixels) @ self.bank.T
 
 
-def _timed_pair(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of `repeats` calls of each, after one warm-up call each.
+def _timed(runs, repeats: int) -> list[float]:
+    """Median seconds of `repeats` calls of each of `runs`, after one warm-up call each.
 
-    The calls alternate, so load from other processes on a shared machine falls on both alike.
+    The calls alternate, so load from other processes on a shared machine falls on all alike.
     """
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
+    for run in runs:
+        run()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        for run, record in ((first, times[0]), (second, times[1])):
+        for run, record in zip(runs, times):
             started = time.perf_counter()
             run()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             record.append(time.perf_counter() - started)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(record) for record in times]
+
+
+def _success(classifier: CaptionBankClassifier, images: torch.Tensor, adversarial: torch.Tensor,
+             labels: torch.Tensor) -> dict[str, float]:
+    """How well an attack did: the fraction of images whose top-1 caption of the bank changed, and the mean
+    drop of the cosine similarity to the clean top-1 caption."""
+    with torch.no_grad():
+        def similarity(pixels: torch.Tensor) -> torch.Tensor:
+            return (classifier.clip.encode_pixels(pixels) @ classifier.bank.T).gather(1, labels[:, None]).squeeze(1)
+        flipped = (classifier(adversarial).argmax(dim=1) != labels).float().mean().item()
+        drop = (similarity(images) - similarity(adversarial)).mean().item()
+    return {"top1_changed": flipped, "similarity_drop": drop}
 
 
 def main(
@@ -97,26 +113,37 @@ def main(
         labels = classifier(images).argmax(dim=1)
     eps, step = eps_255 / 255, step_255 / 255
 
-    def ours(random_start: bool = True) -> torch.Tensor:
+    def ours(random_start: bool = True, bf16: bool = False) -> torch.Tensor:
         objective = lambda pixels: F.cross_entropy(classifier(pixels), labels, reduction="none")  # noqa: E731
         return pgd_linf(objective, images, eps=eps, step=step, steps=steps, random_start=random_start,
-                        generator=torch.Generator().manual_seed(1))
+                        generator=torch.Generator().manual_seed(1), autocast_bf16=bf16)
 
     def theirs(random_start: bool = True) -> torch.Tensor:
         return torchattacks.PGD(classifier, eps=eps, alpha=step, steps=steps, random_start=random_start)(images, labels)
 
     # Same attack: without the random start both take the same signed-gradient steps.
     agreement = (ours(False) - theirs(False)).abs().max().item() * 255
-    ours_s, theirs_s = _timed_pair(ours, theirs, repeats)
+    runs = {"medvlm pgd_linf": ours, "medvlm pgd_linf bf16": lambda: ours(bf16=True), "torchattacks PGD": theirs}
+    seconds = dict(zip(runs, _timed(list(runs.values()), repeats)))
+    success = {name: _success(classifier, images, run(), labels) for name, run in runs.items()}
+    reference = seconds["torchattacks PGD"]
     typer.echo(f"device {target}, threads {torch.get_num_threads()}, batch {batch} × {clip.image_size} px, "
                f"{steps} steps, eps {eps_255}/255, step {step_255}/255, median of {repeats}")
     typer.echo(f"max |ours - torchattacks| without random start: {agreement:.3g}/255")
-    typer.echo(f"medvlm pgd_linf     {batch / ours_s:8.1f} img/s")
-    typer.echo(f"torchattacks PGD    {batch / theirs_s:8.1f} img/s   (torchattacks {torchattacks.__version__})")
-    typer.echo(f"throughput ratio (ours / torchattacks): {theirs_s / ours_s:.3f}")
+    for name, taken in seconds.items():
+        typer.echo(f"{name:<22}{batch / taken:8.1f} img/s   ratio {reference / taken:.3f}   "
+                   f"top-1 changed {success[name]['top1_changed']:.3f}   "
+                   f"similarity drop {success[name]['similarity_drop']:.4f}")
+    typer.echo(f"(torchattacks {torchattacks.__version__}; ratio = ours / torchattacks throughput)")
+    typer.echo(f"throughput ratio (ours / torchattacks): {reference / seconds['medvlm pgd_linf']:.3f}")
+    typer.echo(f"throughput ratio (ours bf16 / torchattacks): {reference / seconds['medvlm pgd_linf bf16']:.3f}")
     _write_json(json_out, {"benchmark": "attack", "device": str(target), "batch": batch, "steps": steps,
-                           "ours_img_per_s": batch / ours_s, "torchattacks_img_per_s": batch / theirs_s,
-                           "ratio": theirs_s / ours_s, "max_abs_diff_255": agreement})
+                           "ours_img_per_s": batch / seconds["medvlm pgd_linf"],
+                           "ours_bf16_img_per_s": batch / seconds["medvlm pgd_linf bf16"],
+                           "torchattacks_img_per_s": batch / reference,
+                           "ratio": reference / seconds["medvlm pgd_linf"],
+                           "ratio_bf16": reference / seconds["medvlm pgd_linf bf16"],
+                           "success": success, "max_abs_diff_255": agreement})
 
 
 def _write_json(path: Path | None, payload: dict) -> None:

@@ -47,7 +47,10 @@ def attack_rows(result: dict | None) -> list[Row]:
         return _missing(what, result)
     return [(f"{what} ({result['device']}, batch {result['batch']}, {result['steps']} steps)",
              f"{result['ours_img_per_s']:.1f}", f"torchattacks PGD: {result['torchattacks_img_per_s']:.1f}",
-             f"{result['ratio']:.2f}", _verdict(result["ratio"], True))]
+             f"{result['ratio']:.2f}", _verdict(result["ratio"], True))] + (
+        [(f"{what}, bf16 autocast ({result['device']}, batch {result['batch']}, {result['steps']} steps)",
+          f"{result['ours_bf16_img_per_s']:.1f}", f"torchattacks PGD: {result['torchattacks_img_per_s']:.1f}",
+          f"{result['ratio_bf16']:.2f}", _verdict(result["ratio_bf16"], True))] if "ratio_bf16" in result else [])
 
 
 def heads_rows(result: dict | None) -> list[Row]:

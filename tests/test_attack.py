@@ -82,6 +82,57 @@ def test_untargeted_pgd_lowers_caption_similarity_far_more_than_random_noise(cli
     assert adversarial_drop > 3 * abs(random_drop)
 
 
+def test_bf16_pgd_stays_in_the_ball_and_on_the_grid_and_fools_more_than_random_noise(clip):
+    images, eps = batch_of_images(), 2 / 255
+    captions = clip.encode_texts([caption(FINDINGS[i % 3], i) for i in range(len(images))]).detach()
+    objective = untargeted_objective(clip.encode_pixels, captions)
+    iterates = []
+
+    def recording(pixels):
+        iterates.append(pixels.detach().clone())
+        assert torch.is_autocast_enabled("cpu") and pixels.dtype == torch.float32  # the iterates stay float32
+        return objective(pixels)
+
+    adversarial = pgd_linf(recording, images, eps=eps, step=0.5 / 255, steps=10, random_start=True,
+                           generator=torch.Generator().manual_seed(0), autocast_bf16=True)
+    assert adversarial.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    for x in [*iterates, adversarial]:
+        assert x.min() >= 0 and x.max() <= 1
+        assert (x - images).abs().max() <= eps + 1e-6
+    original = (images.squeeze(1) * 255).round().to(torch.uint8)
+    stored = quantize_to_ball(adversarial, original, eps_255=2.0)
+    assert (stored.int() - original.int()).abs().max() <= 2 and (stored != original).any()
+    signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    random_noise = (images + eps * signs).clamp(0, 1)
+    float32 = pgd_linf(objective, images, eps=eps, step=0.5 / 255, steps=10, random_start=True,
+                       generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = objective(images).mean().item()  # the objective is minus the caption similarity
+        bf16_gain, float32_gain = objective(adversarial).mean().item() - clean, objective(float32).mean().item() - clean
+        random_gain = objective(random_noise).mean().item() - clean
+    assert bf16_gain > 3 * abs(random_gain)
+    assert bf16_gain > 0.5 * float32_gain
+
+
+def test_bf16_off_is_bit_identical_and_leaves_a_callers_autocast_alone(clip):
+    images = batch_of_images(4)
+    captions = clip.encode_texts([caption("nodule", i) for i in range(4)]).detach()
+    seen = []
+
+    def objective(pixels):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return untargeted_objective(clip.encode_pixels, captions)(pixels)
+
+    def attack(**options):
+        return pgd_linf(objective, images, eps=2 / 255, step=0.5 / 255, steps=3, random_start=True,
+                        generator=torch.Generator().manual_seed(3), **options)
+
+    assert torch.equal(attack(), attack(autocast_bf16=False)) and seen == [False] * 6
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attack()
+    assert seen[6:] == [True] * 3
+
+
 def test_pgd_rejects_a_score_that_is_not_one_per_image():
     with pytest.raises(ValueError, match="one score per image"):
         pgd_linf(lambda x: x.sum(), torch.rand(3, 1, 8, 8), eps=0.1, step=0.05, steps=1, random_start=False)

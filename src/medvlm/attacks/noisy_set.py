@@ -138,7 +138,8 @@ class _NoiseMaker:
             objective = (targeted_objective(self.clip.encode_pixels, targets) if targets is not None
                          else untargeted_objective(self.clip.encode_pixels, own_captions))
             noisy = pgd_linf(objective, pixels, eps=config.eps_255 / 255, step=config.step_255 / 255,
-                             steps=config.steps, random_start=config.random_start, generator=self.image_noise)
+                             steps=config.steps, random_start=config.random_start, generator=self.image_noise,
+                             autocast_bf16=config.bf16)
         return quantize_to_ball(noisy, original, config.eps_255)
 
 

@@ -8,6 +8,7 @@ with `torch.autograd.grad` with respect to the input pixels only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -42,20 +43,31 @@ def pgd_linf(
     steps: int,
     random_start: bool,
     generator: torch.Generator | None = None,
+    autocast_bf16: bool = False,
 ) -> torch.Tensor:
     """Maximise `objective` over the L∞ ball of radius `eps` around `images`, intersected with [0, 1].
 
     Every iterate (including the random start) lies inside the ball and inside [0, 1]. Returns detached
     adversarial images with the input's shape and dtype.
+
+    `autocast_bf16` runs the objective's forward (and so its backward) under bfloat16 autocast on the
+    images' device: about 1.2× faster on a CPU with AMX, at the cost of gradients only accurate to bf16 (a
+    few % of the gradient signs differ). The iterates, the ball and the projection stay in the images'
+    dtype, so the invariants above hold either way; off by default, which is bit-identical to float32.
     """
     if eps < 0 or step <= 0 or steps < 0:
         raise ValueError(f"PGD needs eps >= 0, step > 0 and steps >= 0 (got eps={eps}, step={step}, steps={steps})")
     clean = images.detach()
     lower, upper = linf_ball(clean, eps)
     adversarial = random_start_in(clean, eps, lower, upper, generator) if random_start else clean.clone()
+    # Off, no context at all: a caller's own autocast (if any) is left as it was.
+    bf16_context = ((lambda: torch.autocast(clean.device.type, dtype=torch.bfloat16)) if autocast_bf16
+                    else contextlib.nullcontext)
     for _ in range(steps):
         adversarial.requires_grad_(True)
-        scores = objective(adversarial)
+        with bf16_context():
+            scores = objective(adversarial)
+        scores = scores.to(clean.dtype) if autocast_bf16 else scores
         if scores.shape != (clean.shape[0],):
             raise ValueError(f"the PGD objective must return one score per image, shape ({clean.shape[0]},); "
                              f"got {tuple(scores.shape)}")
