@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from attack_helpers import clip, surrogate  # noqa: F401  (module-scoped fixture
 from medvlm.pipeline.attack import attack_stage
 from medvlm.attacks.pgd import pgd_linf, quantize_to_ball, targeted_objective, untargeted_objective
 from medvlm.attacks.selection import draw_candidates, draw_targets, select_perturbed
+from medvlm.data.image_packs import read_pack
 from medvlm.data.manifest import load_images, read_manifest
 from medvlm.io import DataError, read_json
 from stage_scripts import stage_app
@@ -188,7 +188,8 @@ def test_stage_writes_the_noisy_set_on_the_grid_and_leaves_val_alone(tmp_path, s
     assert list(noisy["id"]) == list(clean["id"]) and (noisy["caption"] == clean["caption"]).all()
     perturbed = noisy[noisy["perturbed"] == 1]
     assert len(perturbed) == 12 and (perturbed["split"] == "train").all()
-    assert (perturbed["image"] == "noisy/images/" + perturbed["id"] + ".png").all()
+    # One pack of the perturbed images, in the order the seeded permutation chose them.
+    assert sorted(perturbed["image"]) == sorted(f"noisy/images.safetensors#{i}" for i in range(12))
     untouched = noisy["perturbed"] == 0
     assert (noisy.loc[untouched, "image"] == clean.loc[untouched, "image"]).all()
     assert (noisy.loc[noisy["split"] == "val", "perturbed"] == 0).all()
@@ -202,7 +203,7 @@ def test_stage_writes_the_noisy_set_on_the_grid_and_leaves_val_alone(tmp_path, s
     assert stats["target_similarity_after"] > stats["target_similarity_before"]
     assert stats["similarity_drop"] == pytest.approx(stats["similarity_before"] - stats["similarity_after"])
     assert stats["success_rate"] == pytest.approx(1 - stats["top1_after"])
-    assert sorted(p.name for p in (data_root / "noisy" / "images").iterdir()) == sorted(perturbed["id"] + ".png")
+    assert len(read_pack(data_root / "noisy" / "images.safetensors")) == 12  # one pack of the perturbed images
 
 
 def test_untargeted_stage_lowers_the_stored_caption_similarity(tmp_path, surrogate):
@@ -223,8 +224,8 @@ def test_same_seed_gives_identical_images_and_stats(tmp_path, surrogate):
     runs = [run_attack(tmp_path, surrogate, tiny_params(), out_name=name) for name in ("run_a", "run_b")]
     reseeded, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(seed=1), out_name="run_c")
     assert runs[0][0] == runs[1][0] and reseeded != runs[0][0]
-    ids = read_manifest(data_root / "run_a", "pretrain", data_root).query("perturbed == 1")["id"]
-    images = {name: load_images(data_root / name / "images", [f"{i}.png" for i in ids]) for name in ("run_a", "run_b")}
+    images = {name: torch.from_numpy(read_pack(data_root / name / "images.safetensors").copy())
+              for name in ("run_a", "run_b")}
     assert torch.equal(images["run_a"], images["run_b"])
 
 
@@ -233,7 +234,7 @@ def test_zero_noise_ratio_writes_a_clean_copy(tmp_path, surrogate):
     clean = read_manifest(data_root / "raw", "pretrain", data_root)
     noisy = read_manifest(data_root / "noisy", "pretrain", data_root)
     pd.testing.assert_frame_equal(noisy.drop(columns="perturbed"), clean)
-    assert (noisy["perturbed"] == 0).all() and not any((data_root / "noisy" / "images").iterdir())
+    assert (noisy["perturbed"] == 0).all() and not (data_root / "noisy" / "images.safetensors").exists()
     assert stats["pairs_perturbed"] == 0 and stats["n_train"] == 24
     assert stats["similarity_after"] is None and stats["success_rate"] is None
     assert stats["target_similarity_after"] is None

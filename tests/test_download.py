@@ -13,6 +13,7 @@ import yaml
 
 import medvlm.data.download as download_module
 from medvlm.pipeline.download import download_stage
+from medvlm.data.image_packs import read_pack
 from medvlm.data.manifest import COLUMNS, load_images, read_manifest
 from medvlm.data.synthetic_cases import LABELS
 from medvlm.io import DataError, read_json
@@ -48,12 +49,14 @@ def test_writes_readable_manifests_images_and_meta(tmp_path):
         frame = read_manifest(out, kind, data_root)
         assert list(frame.columns[: len(COLUMNS[kind])]) == list(COLUMNS[kind])
         assert set(frame["split"]) == set(splits)
-        assert frame["image"].str.startswith(f"raw/images/{kind}/").all()
+        assert frame["image"].str.startswith(f"raw/images/{kind}.safetensors#").all()  # one image pack per kind
         images = load_images(data_root, sorted(set(frame["image"])))
         assert images.shape[1:] == (32, 32) and images.dtype == torch.uint8
         for split in splits:
             assert frame.loc[frame["split"] == split, "image"].nunique() == meta["counts"][kind][split]
-    assert len(list((out / "images").rglob("*.png"))) == sum(sum(meta["counts"][k].values()) for k in SPLITS)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{kind}.safetensors" for kind in SPLITS)
+    assert sum(len(read_pack(out / "images" / f"{kind}.safetensors")) for kind in SPLITS) == sum(
+        sum(meta["counts"][k].values()) for k in SPLITS)
 
     pretrain = read_manifest(out, "pretrain", data_root)
     assert pretrain["id"].is_unique and set(pretrain["finding"]) <= set(LABELS)
@@ -75,15 +78,14 @@ def test_same_params_give_byte_identical_outputs_and_another_seed_does_not(tmp_p
     download_stage(params=tiny_params(seed=6), out=other)
     assert folder_bytes(first) == folder_bytes(again)
     changed = folder_bytes(other)
-    for name in ("pretrain.csv", "cls_id.csv", "vqa.csv", "images/cls_ood/000000.png"):
+    for name in ("pretrain.csv", "cls_id.csv", "vqa.csv", "images/cls_ood.safetensors"):
         assert changed[name] != folder_bytes(first)[name], name
 
 
 def test_splits_are_disjoint_in_the_written_files(tmp_path):
     out = tmp_path / "data" / "raw"
     download_stage(params=tiny_params(), out=out)
-    images = load_images(tmp_path / "data", [p.relative_to(tmp_path / "data").as_posix()
-                                             for p in sorted((out / "images").rglob("*.png"))]).numpy()
+    images = np.concatenate([read_pack(path) for path in sorted((out / "images").glob("*.safetensors"))])
     assert len(np.unique(images.reshape(len(images), -1), axis=0)) == len(images)
 
 

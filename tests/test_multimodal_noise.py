@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from attack_helpers import run_attack, tiny_params
 from attack_helpers import surrogate  # noqa: F401  (module-scoped fixture)
 from medvlm.attacks.gallery import amplified_difference
 from medvlm.attacks.keywords import NEGATION_WORDS, words, words_changed
+from medvlm.data.image_packs import read_pack
 from medvlm.data.manifest import load_images, read_manifest
 
 
@@ -25,7 +25,7 @@ def test_caption_noise_changes_captions_only_within_budget(tmp_path, surrogate, 
     stats, data_root, _ = run_attack(tmp_path, surrogate, tiny_params(noise_type="caption", noise_kind=kind))
     clean, noisy = outputs(data_root, "noisy")
     perturbed = noisy["perturbed"] == 1
-    assert (noisy["image"] == clean["image"]).all() and not any((data_root / "noisy" / "images").iterdir())
+    assert (noisy["image"] == clean["image"]).all() and not (data_root / "noisy" / "images.safetensors").exists()
     assert (noisy.loc[~perturbed, "caption"] == clean.loc[~perturbed, "caption"]).all()
     changed = [words_changed(a, b) for a, b in zip(clean.loc[perturbed, "caption"], noisy.loc[perturbed, "caption"])]
     assert changed == [1] * 12  # max_words 1, and every caption has a keyword to change
@@ -51,7 +51,7 @@ def test_both_perturbs_image_and_caption_of_the_same_pairs(tmp_path, surrogate, 
     stats, data_root, _ = run_attack(tmp_path, surrogate, params)
     clean, noisy = outputs(data_root, "noisy")
     perturbed = noisy["perturbed"] == 1
-    assert (noisy.loc[perturbed, "image"] == "noisy/images/" + noisy.loc[perturbed, "id"] + ".png").all()
+    assert sorted(noisy.loc[perturbed, "image"]) == sorted(f"noisy/images.safetensors#{i}" for i in range(12))
     assert (noisy.loc[perturbed, "caption"] != clean.loc[perturbed, "caption"]).all()
     before = load_images(data_root, clean.loc[perturbed, "image"].tolist()).int()
     after = load_images(data_root, noisy.loc[perturbed, "image"].tolist()).int()
@@ -105,9 +105,8 @@ def test_same_seed_same_multimodal_output(tmp_path, surrogate, kind):
     manifests = {name: read_manifest(data_root / name, "pretrain", data_root) for name in ("a", "b")}
     assert manifests["a"].drop(columns="image").equals(manifests["b"].drop(columns="image"))
     assert (manifests["a"]["image"].str.replace(r"^a/", "b/", regex=True) == manifests["b"]["image"]).all()
-    ids = manifests["a"].query("perturbed == 1")["id"]
-    images = {name: load_images(data_root / name / "images", [f"{i}.png" for i in ids]) for name in ("a", "b")}
-    assert torch.equal(images["a"], images["b"])
+    images = {name: read_pack(data_root / name / "images.safetensors") for name in ("a", "b")}
+    assert np.array_equal(images["a"], images["b"])
     assert (data_root / "a" / "gallery.png").read_bytes() == (data_root / "b" / "gallery.png").read_bytes()
 
 

@@ -132,7 +132,7 @@ def test_parallel_decoding_matches_one_worker(tmp_path, sets):
     sources = {"cls_id": nih, "cls_ood": nih}
     _, one = run(tmp_path / "one", params_for(sources, labels=["normal", "cardiomegaly", "pleural effusion"]))
     _, two = run(tmp_path / "two", params_for(sources, labels=["normal", "cardiomegaly", "pleural effusion"], workers=2))
-    files = sorted(p.relative_to(one).as_posix() for p in (one / "images").rglob("*.png"))
+    files = sorted(p.relative_to(one).as_posix() for p in (one / "images").rglob("*.safetensors"))
     assert files and all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
     assert read_json(one / "meta.json")["counts"] == read_json(two / "meta.json")["counts"]
 

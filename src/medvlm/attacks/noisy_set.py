@@ -9,8 +9,8 @@ the val split never is. Per `noise_type`:
   the target image, which does not involve the caption.
 `noise_kind: adversarial` uses PGD on the surrogate and the HotFlip caption attack; `random` uses uniform
 L∞ noise and random substitutions of the same budget (the control). Perturbed images are projected onto
-the 1/255 grid inside the ε-ball of the original 8-bit image and stored as PNG; every statistic is
-measured on the reloaded PNGs and the written captions.
+the 1/255 grid inside the ε-ball of the original 8-bit image and stored losslessly in one image pack
+(`images.safetensors`); every statistic is measured on the stored 8-bit images and the written captions.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from medvlm.attacks.selection import (
     seeded_rng,
     select_perturbed,
 )
+from medvlm.data.image_packs import PACK_SUFFIX, pack_reference, write_pack
 from medvlm.data.manifest import (
     META_FILE,
     load_images,
     manifest_path,
     read_manifest,
-    save_png,
     to_pixels,
     write_manifest,
 )
@@ -56,6 +56,8 @@ from medvlm.params import AttackParams
 from medvlm.runtime import log, seed_everything
 
 GALLERY_FILE = "gallery.png"
+PACK_FILE = f"images{PACK_SUFFIX}"
+"""The perturbed images, in the order of the perturbed rows (medvlm.data.image_packs)."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,9 @@ def _noise_maker(clip: MedClip, spec: NoiseSpec, captions: pd.Series, source: Pa
 
 
 def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *, spec: NoiseSpec, data_root: Path,
-                       image_dir: Path, source: Path) -> tuple[dict[str, torch.Tensor], list[str], list[GalleryPair]]:
-    """Perturb the chosen train rows batch by batch, store the images; return per-pair measurements, the
-    stored captions of the chosen rows (in order) and the gallery pairs."""
+                       source: Path) -> tuple[dict[str, torch.Tensor], list[str], list[np.ndarray], list[GalleryPair]]:
+    """Perturb the chosen train rows batch by batch; return per-pair measurements, the stored captions and (with
+    image noise) the stored images of the chosen rows, in order, and the gallery pairs."""
     seed = spec.seed
     maker = _noise_maker(clip, spec, train["caption"], source)
     caption_codes, unique_captions = pd.factorize(train["caption"])
@@ -181,6 +183,7 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
 
     measured: dict[str, list[torch.Tensor]] = {}
     stored_captions: list[str] = []
+    stored_images: list[np.ndarray] = []
     gallery: list[GalleryPair] = []
     batch_size, started = spec.attack.batch_size, time.perf_counter()
     with tqdm(total=len(chosen), desc=f"attack ({spec.noise_kind} {spec.noise_type})", unit="pair") as bar:
@@ -198,10 +201,9 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
             noisy_own = _embed_captions(clip, noisy_captions) if maker.noises_captions else clean_own
             targets = _embed_images(clip, load_images(data_root, target_paths[batch].tolist())) if targeted else None
             if maker.noises_images:
-                names = [f"{image_id}.png" for image_id in train["id"].iloc[rows]]
-                for image, name in zip(maker.images(original, noisy_own, targets).numpy(), names):
-                    save_png(image, image_dir / name)
-                stored = load_images(image_dir, names)  # measure what was actually written, not the float iterate
+                # The 8-bit images on the 1/255 grid, exactly what the pack stores (measured as stored).
+                stored = maker.images(original, noisy_own, targets).cpu().to(torch.uint8).contiguous()
+                stored_images.append(stored.numpy())
             else:
                 stored = original
             changed = torch.tensor([words_changed(a, b) for a, b in zip(captions, noisy_captions)])
@@ -217,7 +219,7 @@ def _perturb_and_store(clip: MedClip, train: pd.DataFrame, chosen: np.ndarray, *
             bar.update(len(rows))
     elapsed = time.perf_counter() - started
     log.info("attack: %d pairs in %.1f s (%.1f pairs/s)", len(chosen), elapsed, len(chosen) / max(elapsed, 1e-9))
-    return {key: torch.cat(values) for key, values in measured.items()}, stored_captions, gallery
+    return {key: torch.cat(values) for key, values in measured.items()}, stored_captions, stored_images, gallery
 
 
 def write_noisy_set(*, spec: NoiseSpec, surrogate: Path, data: Path, out: Path, metrics: Path, data_root: Path,
@@ -239,19 +241,18 @@ def write_noisy_set(*, spec: NoiseSpec, surrogate: Path, data: Path, out: Path, 
              spec.noise_type, len(chosen), len(train), spec.noise_ratio, spec.attack.image.objective)
 
     with atomic_dir(out) as tmp:
-        image_dir = tmp / "images"
-        image_dir.mkdir()
-        measured, captions, gallery = (
-            _perturb_and_store(clip, train, chosen, spec=spec, data_root=Path(data_root), image_dir=image_dir,
-                               source=source) if len(chosen) else (None, [], []))
+        measured, captions, images, gallery = (
+            _perturb_and_store(clip, train, chosen, spec=spec, data_root=Path(data_root), source=source)
+            if len(chosen) else (None, [], [], []))
         noisy = frame.copy()
         noisy["perturbed"] = 0
         perturbed_rows = train_rows[chosen]
         noisy.loc[perturbed_rows, "perturbed"] = 1
         noisy.loc[perturbed_rows, "caption"] = captions
-        if spec.noise_type in ("image", "both"):
-            noisy.loc[perturbed_rows, "image"] = [f"{out_relative}/images/{image_id}.png"
-                                                  for image_id in frame["id"].iloc[perturbed_rows]]
+        if images:
+            write_pack(tmp / PACK_FILE, np.concatenate(images))
+            noisy.loc[perturbed_rows, "image"] = [pack_reference(f"{out_relative}/{PACK_FILE}", index)
+                                                  for index in range(len(perturbed_rows))]
         write_manifest(noisy, tmp, "pretrain")
         if (Path(data) / META_FILE).is_file():
             shutil.copyfile(Path(data) / META_FILE, tmp / META_FILE)

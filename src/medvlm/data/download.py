@@ -14,10 +14,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medvlm.data.manifest import COLUMNS, META_FILE, save_png, write_manifest
+from medvlm.data.image_packs import PACK_SUFFIX, pack_reference, write_pack
+from medvlm.data.manifest import COLUMNS, META_FILE, write_manifest
 from medvlm.data.real import CLASSIFICATION, RealTask, read_task, write_task
 from medvlm.data.synthetic import SyntheticBatch, generate_split, split_specs
 from medvlm.data.synthetic_cases import LABELS
@@ -68,16 +70,18 @@ def _synthetic(data: DataParams, seed: int, kinds: set[str], tmp: Path, prefix: 
     relabelled = {f"{spec.kind}/{spec.split}": 0 for spec in specs if spec.label_noise > 0}
     total = sum(spec.count for spec in specs)
     started = time.perf_counter()
+    images: dict[str, list[np.ndarray]] = defaultdict(list)  # one pack per kind, in id order
     with tqdm(total=total, unit="img", desc="download (synthetic)") as progress:
         for spec in specs:
             rows_before = len(rows[spec.kind])
+            pack = f"{IMAGE_DIR}/{spec.kind}{PACK_SUFFIX}"
             for batch in generate_split(spec, seed, data.image_size):
                 for index, image in enumerate(batch.images):
                     image_id = f"{next_id[spec.kind]:0{id_width}d}"
                     next_id[spec.kind] += 1
-                    relative_image = f"{IMAGE_DIR}/{spec.kind}/{image_id}.png"
-                    save_png(image, tmp / relative_image)
-                    base = {"id": image_id, "image": f"{prefix}/{relative_image}", "split": spec.split}
+                    base = {"id": image_id, "image": pack_reference(f"{prefix}/{pack}", len(images[spec.kind])),
+                            "split": spec.split}
+                    images[spec.kind].append(image)
                     rows[spec.kind].extend(_rows(batch, index, base))
                 if spec.label_noise > 0:
                     relabelled[f"{spec.kind}/{spec.split}"] += sum(
@@ -86,6 +90,8 @@ def _synthetic(data: DataParams, seed: int, kinds: set[str], tmp: Path, prefix: 
             counts[spec.kind][spec.split] = spec.count
             if spec.questions:
                 counts["vqa_questions"][spec.split] = len(rows[spec.kind]) - rows_before
+    for kind, arrays in images.items():
+        write_pack(tmp / IMAGE_DIR / f"{kind}{PACK_SUFFIX}", np.stack(arrays))
     elapsed = max(time.perf_counter() - started, 1e-9)
     log.info("download: %d synthetic images in %.1f s (%.0f images/s)", total, elapsed, total / elapsed)
     return relabelled

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from medvlm.data.image_packs import read_pack, split_reference
 from medvlm.io import DataError, atomic_file, resolve_inside
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -58,7 +59,7 @@ def read_manifest(folder: str | Path, kind: str, data_root: str | Path, split: s
         raise DataError(f"{path}: missing columns {missing}; expected {list(COLUMNS[kind])}")
     for row, rel in enumerate(frame["image"], start=2):  # row 1 is the header
         try:
-            resolve_inside(data_root, rel)
+            resolve_inside(data_root, split_reference(rel)[0] if isinstance(rel, str) else rel)
         except DataError as exc:
             raise DataError(f"{path}, row {row}: {exc}") from None
     if split is not None:
@@ -69,10 +70,18 @@ def read_manifest(folder: str | Path, kind: str, data_root: str | Path, split: s
 
 
 def load_images(data_root: str | Path, relative_paths: Sequence[str]) -> torch.Tensor:
-    """Decode pre-resized grayscale PNGs into one uint8 tensor N×H×W (all images must share a size)."""
+    """Pre-resized grayscale images as one uint8 tensor N×H×W (all must share a size), from image packs
+    (`<pack>#<index>`, `medvlm.data.image_packs`) or PNG files."""
     arrays = []
     for rel in relative_paths:
-        path = resolve_inside(data_root, rel)
+        file, index = split_reference(rel) if isinstance(rel, str) else (rel, None)
+        path = resolve_inside(data_root, file)
+        if index is not None:
+            images = read_pack(path)
+            if index >= len(images):
+                raise DataError(f"{path}: image {index} asked for, but the pack holds {len(images)}")
+            arrays.append(images[index])
+            continue
         try:
             with Image.open(path) as img:
                 arrays.append(np.asarray(img.convert("L")))

@@ -7,6 +7,7 @@ the images in parallel and returns the manifest rows.
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import pandas as pd
 from medvlm.data.fetch import fetch_source, source_root
 from medvlm.data.images import ImageJob, prepare_images
 from medvlm.data.labels import multi_finding_labels, single_labels
-from medvlm.data.manifest import COLUMNS
+from medvlm.data.image_packs import PACK_SUFFIX, pack_reference, write_pack
+from medvlm.data.manifest import COLUMNS, load_images
 from medvlm.data.sources import ADAPTERS
 from medvlm.io import DataError
 from medvlm.params import DataParams
@@ -118,13 +120,19 @@ def read_task(kind: str, *, data: DataParams, labels: Sequence[str], seed: int, 
 
 
 def write_task(task: RealTask, *, out: Path, prefix: str, image_dir: str, data: DataParams) -> pd.DataFrame:
-    """Decode and resize the task's images into `out/<image_dir>/<kind>/`; return its manifest."""
+    """Decode and resize the task's images into the pack `out/<image_dir>/<kind>.safetensors`; return its manifest."""
     files = list(dict.fromkeys(task.frame["file"]))
     relative = {file: f"{image_dir}/{task.kind}/{number:06d}.png" for number, file in enumerate(files)}
     jobs = [ImageJob(source=Path(file), target=out / relative[file]) for file in files]
     prepare_images(jobs, size=data.image_size, mode=data.resize, workers=data.workers,
                    what=f"{task.kind} ({task.source})")
-    manifest = task.frame.assign(image=[f"{prefix}/{relative[file]}" for file in task.frame["file"]])
+    # The workers write one PNG each (in parallel); they become the kind's one pack (medvlm.data.image_packs).
+    pack = f"{image_dir}/{task.kind}{PACK_SUFFIX}"
+    write_pack(out / pack, load_images(out, [relative[file] for file in files]).numpy())
+    shutil.rmtree(out / image_dir / task.kind)
+    position = {file: number for number, file in enumerate(files)}
+    manifest = task.frame.assign(image=[pack_reference(f"{prefix}/{pack}", position[file])
+                                        for file in task.frame["file"]])
     if task.dropped:
         log.info("%s (%s): rows left out: %s", task.kind, task.source, dict(task.dropped))
     return manifest[list(COLUMNS[task.kind])]
