@@ -18,6 +18,7 @@ from medvlm.params import (
     load_params,
     parse_params,
 )
+from e2e_repo import merge
 from stage_scripts import stage_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,14 +81,6 @@ BAD_PARAMS = [
 
 
 def merged(override: dict) -> dict:
-    def merge(base: dict, extra: dict) -> dict:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-        return base
-
     return merge(copy.deepcopy(DEFAULTS), override)
 
 

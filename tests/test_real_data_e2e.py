@@ -4,39 +4,25 @@ copy of the repository with the tiny params of the synthetic end-to-end test."""
 
 from __future__ import annotations
 
+import copy
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 import real_fixtures as fx
-from e2e_repo import ALL_STAGES, REPO, TINY, merge, run, stages_run
+from e2e_repo import ALL_STAGES, TINY, merge, new_repo, run, stages_run
 
 pytestmark = pytest.mark.e2e
 ROWS = {"pretrain": 48, "cls_id": 40, "cls_ood": 40, "vqa": 32}
 
 
 def test_dvc_repro_from_csv_sources(tmp_path):
-    repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
     sources = {kind: {"source": "csv", "path": str(fx.csv_source(tmp_path / "csv-set", kind, rows))}
                for kind, rows in ROWS.items()}
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     # One head keeps the test short; the synthetic end-to-end test covers every head.
-    params = merge(params, {"data": {**sources, "workers": 2}, "heads": {"methods": ["lp"]}})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "init", "-q", "-b", "main")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-q", "-m", "csv sources")
+    params = merge(copy.deepcopy(TINY), {"data": {**sources, "workers": 2}, "heads": {"methods": ["lp"]}})
+    repo = new_repo(tmp_path / "repo", params)
 
     other_heads = {f"{stage}@{method}" for stage in ("finetune", "robustness") for method in ("mlp", "nmtune", "ran")}
     assert stages_run(run(repo, "dvc", "repro")) == ALL_STAGES - other_heads

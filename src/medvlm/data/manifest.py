@@ -57,11 +57,16 @@ def read_manifest(folder: str | Path, kind: str, data_root: str | Path, split: s
     missing = [c for c in COLUMNS[kind] if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; expected {list(COLUMNS[kind])}")
+    checked: set = set()  # every row of a kind names the same pack: resolve each file once
     for row, rel in enumerate(frame["image"], start=2):  # row 1 is the header
+        file = split_reference(rel)[0] if isinstance(rel, str) else rel
+        if file in checked:
+            continue
         try:
-            resolve_inside(data_root, split_reference(rel)[0] if isinstance(rel, str) else rel)
+            resolve_inside(data_root, file)
         except DataError as exc:
             raise DataError(f"{path}, row {row}: {exc}") from None
+        checked.add(file)
     if split is not None:
         frame = frame[frame["split"] == split].reset_index(drop=True)
         if frame.empty:
@@ -73,15 +78,19 @@ def load_images(data_root: str | Path, relative_paths: Sequence[str]) -> torch.T
     """Pre-resized grayscale images as one uint8 tensor N×H×W (all must share a size), from image packs
     (`<pack>#<index>`, `medvlm.data.image_packs`) or PNG files."""
     arrays = []
+    packs: dict[str, tuple[Path, np.ndarray]] = {}  # each pack resolved and looked up once per call
     for rel in relative_paths:
         file, index = split_reference(rel) if isinstance(rel, str) else (rel, None)
-        path = resolve_inside(data_root, file)
         if index is not None:
-            images = read_pack(path)
+            if file not in packs:
+                pack_path = resolve_inside(data_root, file)
+                packs[file] = (pack_path, read_pack(pack_path))
+            path, images = packs[file]
             if index >= len(images):
                 raise DataError(f"{path}: image {index} asked for, but the pack holds {len(images)}")
             arrays.append(images[index])
             continue
+        path = resolve_inside(data_root, file)
         try:
             with Image.open(path) as img:
                 arrays.append(np.asarray(img.convert("L")))

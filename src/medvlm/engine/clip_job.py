@@ -124,7 +124,7 @@ def _train_and_write(
             "n_val": len(val_pairs),
             "epochs": train.epochs,
         }
-        if model_dir is not None:  # rank 0 alone writes
+        if model_dir is not None:  # the writer rank alone (Workers.writer)
             save_clip(clip, model_dir)
             write_json(metrics, summary)  # inside the block: metrics that cannot be written leave the model as it was
     if saver is not None:
