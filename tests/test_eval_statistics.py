@@ -10,7 +10,7 @@ import torch
 
 from medvlm.eval.bootstrap import accuracy_interval, bootstrap_intervals
 from medvlm.eval.evaluate import scored_classification, scored_vqa
-from medvlm.eval.metrics import classification_metrics, resample_scores
+from medvlm.eval.metrics import ResampledClassification, classification_metrics
 from medvlm.eval.spectrum import feature_spectrum
 from medvlm.params import BootstrapParams
 
@@ -27,18 +27,30 @@ def _classifier_output(n: int, n_classes: int, seed: int, skill: float = 1.5) ->
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_resample_scores_equal_sklearn_metrics_including_ties(seed):
+def test_resampled_scores_equal_sklearn_metrics_on_the_resample_including_ties(seed):
     labels, probabilities = _classifier_output(200, 5, seed)
     if seed % 2:
         probabilities = np.round(probabilities, 1)  # many tied scores and tied argmaxes
-    reference = classification_metrics(labels, probabilities)
-    assert resample_scores(labels, probabilities) == pytest.approx(
-        [reference["accuracy"], reference["macro_f1"], reference["macro_auroc"]], abs=1e-12)
+    scores = ResampledClassification(labels, probabilities)
+    rng = np.random.default_rng(seed)
+    for index in [np.arange(200), *(rng.integers(0, 200, 200) for _ in range(5))]:
+        reference = classification_metrics(labels[index], probabilities[index])
+        assert scores(index) == pytest.approx(
+            [reference["accuracy"], reference["macro_f1"], reference["macro_auroc"]], abs=1e-12)
 
 
-def test_resample_scores_give_nan_auroc_with_one_class():
-    accuracy, _, auroc = resample_scores(np.array([2, 2, 2]), np.eye(3)[[2, 1, 2]])
-    assert accuracy == pytest.approx(2 / 3) and math.isnan(auroc)
+def test_resampled_scores_skip_a_class_the_resample_did_not_draw():
+    labels, probabilities = _classifier_output(120, 4, seed=7)
+    index = np.flatnonzero(labels != 3).repeat(2)  # class 3 never drawn; its column still in the softmax
+    reference = classification_metrics(labels[index], probabilities[index])
+    assert ResampledClassification(labels, probabilities)(index)[2] == pytest.approx(reference["macro_auroc"],
+                                                                                     abs=1e-12)
+
+
+def test_resampled_scores_give_nan_auroc_with_one_class():
+    labels, probabilities = np.array([2, 2, 0]), np.eye(3)[[2, 1, 0]]
+    accuracy, _, auroc = ResampledClassification(labels, probabilities)(np.array([0, 1, 1]))
+    assert accuracy == pytest.approx(1 / 3) and math.isnan(auroc)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -26,7 +26,7 @@ from medvlm.eval.bootstrap import bootstrap_intervals
 from medvlm.eval.metrics import (
     classification_chance,
     classification_metrics,
-    resample_scores,
+    ResampledClassification,
     vqa_chance,
     vqa_metrics,
 )
@@ -74,7 +74,7 @@ def scored_classification(labels: np.ndarray, probabilities: np.ndarray, bootstr
     names = ["accuracy", "macro_f1", "macro_auroc"]
 
     metrics = classification_metrics(labels, probabilities)
-    metrics["ci"] = bootstrap_intervals(lambda index: resample_scores(labels[index], probabilities[index]),
+    metrics["ci"] = bootstrap_intervals(ResampledClassification(labels, probabilities),
                                         len(labels), names, params=bootstrap, seed=seed)
     return metrics
 

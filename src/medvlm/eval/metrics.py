@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.dummy import DummyClassifier
-from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from medvlm.io import DataError
@@ -90,30 +89,62 @@ def vqa_chance(train_labels: np.ndarray, train_closed: np.ndarray,
     }
 
 
-def resample_scores(labels: np.ndarray, probabilities: np.ndarray) -> list[float]:
-    """[accuracy, macro-F1, macro-AUROC] with the same definitions as `classification_metrics`, for the
-    bootstrap's resamples; AUROC is NaN when fewer than two classes are present.
+class ResampledClassification:
+    """[accuracy, macro-F1, macro-AUROC] of bootstrap resamples of one test set, with the definitions of
+    `classification_metrics`; AUROC is NaN when a resample holds fewer than two classes.
 
-    Written with NumPy/SciPy rather than calling scikit-learn: sklearn's input validation costs ~13 ms per
-    call, and the bootstrap makes 1000 calls per method and task; this takes well under 1 ms.
-    Tests check it equals `classification_metrics` (ties included).
+    Written by hand because the bootstrap scores every test set 1,000 times: sklearn's input validation
+    alone costs ~13 ms a call, and re-ranking each resample (scipy's rankdata) ~2 ms. Here each class's scores
+    are sorted once; a resample is the count of times it draws each item, and every metric is a count-weighted
+    sum over the original items. One-vs-rest AUROC = Mann-Whitney U / (n_pos * n_neg) with ties counted half,
+    U = sum over positives of the drawn negatives scoring below it, plus half of those scoring the same. All
+    sums are of integers and halves, so they are exact in float64 and equal the rank-based values.
+    Tests check it equals `classification_metrics` on resampled arrays (ties included).
     """
-    predictions = probabilities.argmax(axis=1)
-    n_classes = probabilities.shape[1]
-    accuracy = float((predictions == labels).mean())
-    # Macro-F1 over the classes in labels or predictions, F1 = 2TP / (2TP + FP + FN) (sklearn's default).
-    true_positive = np.bincount(labels[predictions == labels], minlength=n_classes)
-    label_count = np.bincount(labels, minlength=n_classes)
-    predicted_count = np.bincount(predictions, minlength=n_classes)
-    seen = (label_count + predicted_count) > 0
-    macro_f1 = float((2 * true_positive[seen] / (label_count[seen] + predicted_count[seen])).mean())
-    # One-vs-rest AUROC of each present class = Mann-Whitney U / (n_pos · n_neg), ties counted half.
-    present = np.flatnonzero(label_count)
-    if len(present) < 2:
-        return [accuracy, macro_f1, np.nan]
-    ranks = rankdata(probabilities[:, present], axis=0)
-    positives = labels[:, None] == present[None, :]
-    n_positive = label_count[present]
-    n_negative = len(labels) - n_positive
-    u_statistic = (ranks * positives).sum(axis=0) - n_positive * (n_positive + 1) / 2
-    return [accuracy, macro_f1, float((u_statistic / (n_positive * n_negative)).mean())]
+
+    def __init__(self, labels: np.ndarray, probabilities: np.ndarray):
+        self.labels = np.asarray(labels)
+        self.n_classes = probabilities.shape[1]
+        predictions = probabilities.argmax(axis=1)
+        self.predictions = predictions
+        self.correct = predictions == self.labels
+        self.classes = np.unique(self.labels)
+        self.order, self.group_first, self.group_last, self.positive_sorted = [], [], [], []
+        for label in self.classes:
+            order = np.argsort(probabilities[:, label], kind="stable")
+            scores = probabilities[order, label]
+            new_group = np.r_[True, scores[1:] != scores[:-1]]
+            first = np.flatnonzero(new_group)
+            group = np.cumsum(new_group) - 1  # tie group of each sorted position
+            last = np.r_[first[1:] - 1, len(scores) - 1]
+            self.order.append(order)
+            self.group_first.append(first[group])
+            self.group_last.append(last[group])
+            self.positive_sorted.append(self.labels[order] == label)
+
+    def __call__(self, index: np.ndarray) -> list[float]:
+        counts = np.bincount(index, minlength=len(self.labels))
+        n = len(index)
+        accuracy = float(counts[self.correct].sum() / n)
+        # Macro-F1 over the classes in labels or predictions, F1 = 2TP / (2TP + FP + FN) (sklearn's default).
+        true_positive = np.bincount(self.labels[self.correct], weights=counts[self.correct],
+                                    minlength=self.n_classes)
+        label_count = np.bincount(self.labels, weights=counts, minlength=self.n_classes)
+        predicted_count = np.bincount(self.predictions, weights=counts, minlength=self.n_classes)
+        seen = (label_count + predicted_count) > 0
+        macro_f1 = float((2 * true_positive[seen] / (label_count[seen] + predicted_count[seen])).mean())
+        aurocs = []
+        for label, order, first, last, positive in zip(self.classes, self.order, self.group_first,
+                                                       self.group_last, self.positive_sorted, strict=True):
+            n_positive = label_count[label]
+            if n_positive == 0:  # not drawn: no AUROC for this class in this resample
+                continue
+            drawn = counts[order]
+            negatives_up_to = np.cumsum(drawn * ~positive)
+            below = np.where(first > 0, negatives_up_to[first - 1], 0)
+            tied = negatives_up_to[last] - below
+            u_statistic = (drawn * positive * (below + 0.5 * tied)).sum()
+            aurocs.append(u_statistic / (n_positive * (n - n_positive)))
+        if len(aurocs) < 2:
+            return [accuracy, macro_f1, np.nan]
+        return [accuracy, macro_f1, float(np.mean(aurocs))]
