@@ -3,13 +3,13 @@ from one clone to another through DVC's run cache; a remote that cannot be reach
 error and leaves the workspace as it was.
 
 What the round trip needs (DVC 3): the first clone pushes the baseline's outputs (`dvc push`, before the
-experiment) and, after `dvc exp run`, the stage runs and the experiment's outputs (`dvc push --run-cache`);
+experiment) and, after `dvc exp run`, the stage runs and the experiment's outputs with `python -m medvlm.share
+push` (`dvc push --run-cache` leaves out the headline stage's uncached metric: medvlm/share.py);
 the second, a fresh `git clone` of the baseline, pulls both (`dvc pull --run-cache`) and runs the
 experiment with `dvc exp run --pull`, which fetches the outputs of the runs it finds in the run cache
 (without `--pull` it finds them but, their outputs missing from its cache, runs the stages again).
-A stage with a `cache: false` output cannot come back that way: DVC 3 records no run of a stage with an
-uncached `outs` entry, and `dvc push` never uploads an uncached metrics file, so the second clone runs such
-stages itself (docs/scaling.md); every other stage must come from the run cache.
+Every stage comes back and none runs: DVC 3 records no run of a stage with an uncached output other than a
+declared metric, so every output but metrics/headline.json is cached (dvc.yaml).
 """
 
 from __future__ import annotations
@@ -18,29 +18,17 @@ import hashlib
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from e2e_repo import METHODS, copy_of, env, run, stages_run
+from e2e_repo import copy_of, env, run, stages_run
 
 pytestmark = pytest.mark.e2e
 
 EXPERIMENT = "heads.ran.w_adv=0"
 """Never committed; re-runs the ran head and what reads it (finetune@ran, robustness@ran, evaluate, headline)."""
-
-
-def _stages_with_uncached_outputs(repo: Path) -> set[str]:
-    """Stages of `repo`/dvc.yaml (foreach expanded over the e2e methods) with an output marked cache: false."""
-    found = set()
-    for name, stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items():
-        body = stage.get("do", stage)
-        outputs = [entry for kind in ("outs", "metrics", "plots") for entry in body.get(kind, [])]
-        if any(isinstance(entry, dict) and any(isinstance(options, dict) and options.get("cache") is False
-                                               for options in entry.values()) for entry in outputs):
-            found |= {f"{name}@{method}" for method in METHODS} if "foreach" in stage else {name}
-    return found
 
 
 def _metrics(repo: Path) -> dict[str, str]:
@@ -55,7 +43,8 @@ def test_an_experiment_run_in_one_clone_comes_back_from_the_shared_run_cache_in_
     run(one, "dvc", "push")  # the baseline's outputs, which a fresh clone of the commit pulls
     ran_one = stages_run(run(one, "dvc", "exp", "run", "-S", EXPERIMENT))
     assert {"finetune@ran", "robustness@ran", "evaluate"} <= ran_one and "finetune@lp" not in ran_one, ran_one
-    run(one, "dvc", "push", "--run-cache")  # the stage runs, and the experiment's outputs
+    pushed = run(one, sys.executable, "-m", "medvlm.share", "push")  # the stage runs and the experiment's outputs
+    assert re.search(r"and [1-9]\d* files its run records name", pushed), pushed  # at least the headline
 
     two = tmp_path / "two"
     run(tmp_path, "git", "clone", "-q", str(pipeline_repo), str(two))
@@ -65,11 +54,7 @@ def test_an_experiment_run_in_one_clone_comes_back_from_the_shared_run_cache_in_
     output = run(two, "dvc", "exp", "run", "--pull", "-S", EXPERIMENT)
 
     restored = set(re.findall(r"Stage '([^']+)' is cached - skipping run", output))
-    uncached = ran_one & _stages_with_uncached_outputs(two)
-    # Every stage the experiment re-ran comes from the run cache; with no cache: false outputs in dvc.yaml
-    # that is every one of them, and no "Running stage" at all.
-    assert restored == ran_one - uncached, output
-    assert stages_run(output) == uncached, output
+    assert restored == ran_one and stages_run(output) == set(), output  # every stage from the run cache
     assert _metrics(two) == _metrics(one)
 
 
@@ -117,3 +102,15 @@ def test_an_unreachable_remote_fails_with_dvcs_error_and_leaves_the_workspace_as
     # DVC makes the parent folders of the outputs it tried to check out; they stay empty.
     assert all(not any(p.is_file() for p in (clone / folder).rglob("*")) for folder in after_folders - folders)
     assert run(clone, "git", "status", "--porcelain").split() == ["M", ".dvc/config"]
+
+
+def test_share_push_to_an_unreachable_remote_fails_with_dvcs_error(pipeline_repo, tmp_path):
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(pipeline_repo), str(clone))
+    (tmp_path / "a-file").write_text("not a remote\n")
+    run(clone, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "a-file"))
+    files, folders = _snapshot(clone)
+    pushed = subprocess.run([sys.executable, "-m", "medvlm.share", "push"], cwd=clone, env=env(),
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert pushed.returncode == 2 and "error:" in pushed.stderr, pushed.stdout + pushed.stderr
+    assert _snapshot(clone) == (files, folders)

@@ -1,7 +1,7 @@
 """Find finished runs in a repository: DVC experiments (`dvc exp show --json`) or git revisions.
 
-A run is named by a commit (a DVC experiment is a git commit too); its params.yaml and metrics are read
-with `git show <commit>:<file>`, which works because the metrics files are committed (cache: false).
+A run is named by a commit (a DVC experiment is a git commit too); its params.yaml is read with
+`git show <commit>:params.yaml`, its metrics files and per-item tables through DVC at that commit (save.py).
 """
 
 from __future__ import annotations

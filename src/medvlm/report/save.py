@@ -1,6 +1,7 @@
 """`save`: copy finished runs into a study folder, one `runs/<run>/` each, written atomically.
 
-Params and metrics come from the run's commit (git); the per-item tables from the DVC cache at that commit.
+Params come from the run's commit (git). The metrics files (those its dvc.lock lists under metrics/) and the
+per-item tables are read through DVC at that commit: metrics/headline.json from git, the rest from the cache.
 The folder accumulates: a run whose commit is already saved is skipped, so a sweep can be collected over
 several queue runs.
 """
@@ -34,16 +35,32 @@ def _compact(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _cached_table(repo: Path, run: RunRef, path: str) -> pd.DataFrame:
+def _read_at(repo: Path, run: RunRef, path: str) -> bytes:
+    """The bytes of `path` at the run's commit, from git or (an output DVC caches) from the DVC cache."""
     import dvc.api  # noqa: PLC0415  (slow to import; only `save` needs it)
     from dvc.exceptions import DvcException  # noqa: PLC0415
 
     try:
-        data = dvc.api.read(path, repo=str(repo), rev=run.rev, mode="rb")
-        return pd.read_parquet(io.BytesIO(data))
-    except (DvcException, OSError, ValueError) as exc:
-        raise ReportError(f"run {run.name} ({run.rev[:7]}): cannot read {path} from the DVC cache at its commit "
+        return dvc.api.read(path, repo=str(repo), rev=run.rev, mode="rb")
+    except (DvcException, OSError) as exc:
+        raise ReportError(f"run {run.name} ({run.rev[:7]}): cannot read {path} at its commit "
                           f"({type(exc).__name__}: {exc}); re-run the experiment or pull its outputs") from None
+
+
+def _cached_table(repo: Path, run: RunRef, path: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(_read_at(repo, run, path)))
+    except ValueError as exc:
+        raise ReportError(f"run {run.name} ({run.rev[:7]}): {path} is not a parquet table ({exc})") from None
+
+
+def _metrics_files(repo: Path, run: RunRef) -> list[str]:
+    """The JSON files under metrics/ at the run's commit: those in git (the headline; every one in runs made
+    before the details became DVC-cached outputs) and the outputs its dvc.lock records there."""
+    lock = yaml.safe_load(git_show(repo, run.rev, "dvc.lock") or "") or {}
+    outputs = {out["path"] for stage in (lock.get("stages") or {}).values() for out in stage.get("outs", [])}
+    return sorted(path for path in outputs | set(git_files(repo, run.rev, "metrics"))
+                  if path.startswith("metrics/") and path.endswith(".json"))
 
 
 def _write_run(repo: Path, run: RunRef, folder: Path) -> None:
@@ -52,11 +69,11 @@ def _write_run(repo: Path, run: RunRef, folder: Path) -> None:
         raise ReportError(f"run {run.name} ({run.rev[:7]}) has no params.yaml")
     (folder / "params.yaml").write_text(params_text)
     (folder / "rev.txt").write_text(run.rev + "\n")
-    metrics = [path for path in git_files(repo, run.rev, "metrics") if path.endswith(".json")]
+    metrics = _metrics_files(repo, run)
     if EVALUATE_METRICS not in metrics:
         raise ReportError(f"run {run.name} ({run.rev[:7]}) has no {EVALUATE_METRICS}")
     for path in metrics:
-        text = git_show(repo, run.rev, path) or ""
+        text = _read_at(repo, run, path).decode()
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
