@@ -37,12 +37,15 @@ test-fast: $(STAMP)
 # Benchmarks against the references and budgets in docs/benchmarks.md, one table at the end (benchmarks/summary.py):
 # pre-training vs open_clip's own trainer (open_clip_train), image PGD vs torchattacks, head training times,
 # the real-data decode+resize throughput (printed only, no reference),
-# end-to-end `dvc repro` (wall time, peak memory; in a temporary copy with a fresh cache) and, on a GPU,
+# end-to-end `dvc repro` (wall time, peak memory, one exp run, a queued sweep with -j 1 and -j 2; in a
+# temporary copy with a fresh cache) and, on a GPU,
 # the MFU of a ViT-B/16 step. torchattacks and what open_clip_train imports (braceexpand, webdataset) are
 # not project dependencies: they are installed with --no-deps into $(BENCH_SITE) (never into the venv) and
 # put on PYTHONPATH for the benchmarks only. Timings are only meaningful on an otherwise idle machine.
 BENCH_SITE := .bench-site
 BENCH_STAMP := $(BENCH_SITE)/.installed-stamp
+# make bench BENCH_BEFORE=<git rev>: bench_repro also measures that revision, for a before/after table
+BENCH_BEFORE ?=
 BENCH_OUT := .bench-results
 BENCH_ENV := PYTHONPATH=$(abspath $(BENCH_SITE))
 
@@ -57,7 +60,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BENCH_ENV) python benchmarks/bench_attack.py --json $(BENCH_OUT)/attack.json
 	python benchmarks/bench_heads.py --json $(BENCH_OUT)/heads.json
 	python benchmarks/bench_preprocess.py
-	python benchmarks/bench_repro.py --json $(BENCH_OUT)/repro.json
+	python benchmarks/bench_repro.py --json $(BENCH_OUT)/repro.json $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
 	python benchmarks/bench_mfu.py --json $(BENCH_OUT)/mfu.json
 	python benchmarks/summary.py $(BENCH_OUT)
 

@@ -1,7 +1,8 @@
 """One table of every `make bench` result, each against its reference or budget (reads the benches' JSON).
 
 Ratio column: for throughputs, ours / the reference (>= 1: at least as fast); for times and memory,
-measured / budget (<= 1: within budget). Missing or skipped benchmarks are listed as such.
+measured / budget (<= 1: within budget). The "before" column holds bench_repro's figures at its `--before`
+revision, measured in the same run. Missing or skipped benchmarks are listed as such.
 
     python benchmarks/summary.py .bench-results
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import typer
 
 Row = tuple[str, str, str, str, str]
+"""benchmark, ours, reference / budget, ratio, meets"""
 
 
 def _load(folder: Path, name: str) -> dict | None:
@@ -68,21 +70,34 @@ def heads_rows(result: dict | None) -> list[Row]:
     return rows
 
 
-def repro_rows(result: dict | None) -> list[Row]:
+def repro_rows(result: dict | None) -> list[tuple[Row, str]]:
+    """Each row with the same figure at the `--before` revision ("-" when it was not measured)."""
     if result is None or "skipped" in result:
-        return _missing("dvc repro", result)
+        return [(row, "-") for row in _missing("dvc repro", result)]
+    old = result.get("before") or {}
+
+    def was(key: str, digits: int = 0) -> str:
+        return f"{old[key]:.{digits}f}" if key in old else "-"
+
     wall, peak, noop = result["wall_s"], result["peak_tree_mb"], result["noop_s"]
     label = f" ({len(result['overrides'])} params overridden)" if result["overrides"] else ""
-    return [
-        (f"dvc repro wall s, default pipeline{label}", f"{wall:.0f}", "aim 180 (budget 300)",
-         f"{wall / 180:.2f}", _verdict(wall / 300, False) + (" (aim met)" if wall <= 180 else " (aim missed)")),
-        ("dvc repro peak memory MB (process tree)", f"{peak:.0f}", "budget 4096", f"{peak / 4096:.2f}",
-         _verdict(peak / 4096, False)),
-        ("no-op dvc repro s", f"{noop:.1f}", "budget 1.5", f"{noop / 1.5:.2f}", _verdict(noop / 1.5, False)),
-        *([("dvc exp run -S noise_ratio=0.1 s", f"{result['exp_run_s']:.0f}", "budget 150",
-            f"{result['exp_run_s'] / 150:.2f}", _verdict(result["exp_run_s"] / 150, False))]
-          if "exp_run_s" in result else []),
+    rows = [
+        ((f"dvc repro wall s, default pipeline{label}", f"{wall:.0f}", "aim 180 (budget 300)",
+          f"{wall / 180:.2f}", _verdict(wall / 300, False) + (" (aim met)" if wall <= 180 else " (aim missed)")),
+         was("wall_s")),
+        (("dvc repro peak memory MB (process tree)", f"{peak:.0f}", "budget 4096", f"{peak / 4096:.2f}",
+          _verdict(peak / 4096, False)), was("peak_tree_mb")),
+        (("no-op dvc repro s", f"{noop:.1f}", "budget 1.5", f"{noop / 1.5:.2f}", _verdict(noop / 1.5, False)),
+         was("noop_s", 1)),
+        (("dvc exp run -S noise_ratio=0.1 s", f"{result['exp_run_s']:.0f}", "budget 150",
+          f"{result['exp_run_s'] / 150:.2f}", _verdict(result["exp_run_s"] / 150, False)), was("exp_run_s")),
     ]
+    for entry in result.get("sweep", []):
+        threads = f", OMP_NUM_THREADS={entry['omp_num_threads']}" if entry["omp_num_threads"] else ""
+        each = "/".join(f"{seconds:.0f}" for seconds in entry["experiment_s"])
+        rows.append(((f"queued sweep of {len(entry['ratios'])} exp runs, -j {entry['jobs']}{threads}: all s "
+                      f"(each s)", f"{entry['wall_s']:.0f} ({each})", "no budget", "-", "-"), "-"))
+    return rows
 
 
 def mfu_rows(result: dict | None) -> list[Row]:
@@ -96,13 +111,17 @@ def mfu_rows(result: dict | None) -> list[Row]:
 
 
 def main(folder: Path = typer.Argument(Path(".bench-results"), help="folder with the benches' JSON files")) -> None:
-    rows = [*pretrain_rows(_load(folder, "pretrain")), *attack_rows(_load(folder, "attack")),
-            *heads_rows(_load(folder, "heads")), *repro_rows(_load(folder, "repro")), *mfu_rows(_load(folder, "mfu"))]
-    header: Row = ("benchmark", "ours", "reference / budget", "ratio", "meets")
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    others = [*pretrain_rows(_load(folder, "pretrain")), *attack_rows(_load(folder, "attack")),
+              *heads_rows(_load(folder, "heads"))]
+    repro = _load(folder, "repro")
+    rows = [(row, "-") for row in others] + repro_rows(repro) + [(row, "-") for row in mfu_rows(_load(folder, "mfu"))]
+    before = f"before ({repro['before']['rev']})" if repro and repro.get("before") else "before"
+    header = ("benchmark", before, "ours", "reference / budget", "ratio", "meets")
+    table = [(name, was, ours, reference, ratio, meets) for (name, ours, reference, ratio, meets), was in rows]
+    widths = [max(len(row[i]) for row in (header, *table)) for i in range(len(header))]
     print("\nmake bench: ratio = ours / reference for throughputs (>= 1 meets), measured / budget for times and "
           "memory (<= 1 meets); MFU = achieved / peak")
-    for row in (header, tuple("-" * width for width in widths), *rows):
+    for row in (header, tuple("-" * width for width in widths), *table):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
