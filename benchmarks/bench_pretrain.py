@@ -32,7 +32,7 @@ import torch
 import typer
 from dvclive import Live
 
-from medvlm.data.download import download_stage
+from medvlm.pipeline.download import download_stage
 from medvlm.data.pairs import load_pairs
 from medvlm.engine.clip_training import train_clip
 from medvlm.models.clip import create_clip, register_model_configs
