@@ -33,6 +33,8 @@ import typer
 from dvclive import Live
 
 from medvlm.pipeline.download import download_stage
+from medvlm.data.export_images import export_images
+from medvlm.data.manifest import read_manifest
 from medvlm.data.pairs import load_pairs
 from medvlm.engine.clip_training import train_clip
 from medvlm.models.clip import create_clip, register_model_configs
@@ -51,10 +53,12 @@ def synthetic_pairs(root: Path, n_pairs: int, image_size: int, seed: int) -> Pat
 
 
 def open_clip_csv(raw: Path, data_root: Path, target: Path) -> Path:
-    """The train pairs as open_clip_train's CSV data set: absolute image path, caption (tab-separated)."""
-    frame = pd.read_csv(raw / "pretrain.csv")
-    frame = frame[frame["split"] == "train"]
-    table = pd.DataFrame({"filepath": [str((data_root / image).resolve()) for image in frame["image"]],
+    """The train pairs as open_clip_train's CSV data set: absolute path of a PNG, caption (tab-separated). The
+    download stage packs images into one file, so they are exported as PNGs for it (named by row id)."""
+    frame = read_manifest(raw, "pretrain", data_root, split="train")
+    pngs = target.parent / "open_clip_train_images"
+    export_images(data=raw, kind="pretrain", out=pngs, data_root=data_root, split="train")
+    table = pd.DataFrame({"filepath": [str((pngs / f"{row_id}.png").resolve()) for row_id in frame["id"]],
                           "title": frame["caption"]})
     table.to_csv(target, sep="\t", index=False)
     return target
