@@ -34,16 +34,17 @@ import torch
 import yaml
 
 from medvlm.data.cached_features import load_feature_split
-from medvlm.data.download import download_stage
 from medvlm.data.manifest import load_images, read_manifest, save_png
 from medvlm.data.synthetic import generate_split, split_specs
-from medvlm.engine.clip_training import pretrain_stage
-from medvlm.engine.features import embed_images, features_stage
-from medvlm.engine.fit_head import finetune_stage
+from medvlm.engine.features import embed_images
 from medvlm.eval.evaluate import predict_probabilities
 from medvlm.models.clip import load_clip
 from medvlm.models.heads import load_head
 from medvlm.params import Params, ParamsError, SyntheticParams, parse_params
+from medvlm.pipeline.download import download_stage
+from medvlm.pipeline.features import features_stage
+from medvlm.pipeline.finetune import finetune_stage
+from medvlm.pipeline.pretrain import pretrain_stage
 from medvlm.runtime import log, resolve_device, setup_logging
 
 REPO = Path(__file__).resolve().parents[1]

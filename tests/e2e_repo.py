@@ -33,7 +33,9 @@ TINY = {
     "heads": {"methods": list(METHODS), **{method: {"epochs": 2, "batch_size": 16} for method in METHODS}},
     "evaluate": {"bootstrap": {"samples": 100},
                  "robust": {"eps_255": [2, 8], "steps": 2, "n_images": 4, "main_n_images": 6, "batch_size": 6,
-                            "check_steps": 4, "check_images": 3, "main_eps_255": 8}},
+                            "check_steps": 4, "check_images": 3, "main_eps_255": 8,
+                            "autoattack": {"n_images": 3, "iterations": 5, "max_targets": 3},
+                            "masking": {"square_images": 3, "square_queries": 20, "large_eps_255": 32}}},
 }
 
 

@@ -47,8 +47,10 @@ PARAMS = {"seed": 0, "device": "cpu", "data": {"image_size": 32},
           "pretrain": {"epochs": 1, "batch_size": 8, "warmup_steps": 1},
           "features": {"batch_size": 8}, "heads": {"methods": ["lp"], "lp": {"epochs": 1, "batch_size": 4}},
           "evaluate": {"bootstrap": {"samples": 100},
-                       "robust": {"eps_255": [2], "main_eps_255": 2, "steps": 2, "n_images": 4, "main_n_images": 4,
-                                  "check_steps": 3, "check_images": 2}}}
+                       "robust": {"eps_255": [2], "main_eps_255": 2, "steps": 2, "n_images": 3, "main_n_images": 3,
+                                  "check_steps": 3, "check_images": 2,
+                                  "autoattack": {"n_images": 2, "iterations": 3},
+                                  "masking": {"square_images": 2, "square_queries": 10}}}}
 PREVIOUS = {"previous": "run"}
 """Content of the metrics files already in the workspace: a failed stage must not touch them."""
 

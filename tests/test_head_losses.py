@@ -196,6 +196,28 @@ def test_feature_space_perturbation_stays_in_its_ball_and_raises_the_loss():
         feature_space_perturbation(head, features, labels, eps_ratio=0.0, steps=1)
 
 
+def test_feature_space_perturbation_attacks_the_head_in_eval_mode_as_the_test_time_attack_does():
+    torch.manual_seed(0)
+    head = build_head("ran", in_dim=6, n_classes=4).train()
+    for norm in head.modules():  # running statistics far from the batch's, so the two modes' gradients differ
+        if isinstance(norm, torch.nn.BatchNorm1d):
+            norm.running_mean.fill_(2.0)
+            norm.running_var.fill_(0.25)
+    batch = toy_batch(n=16)
+    features, labels = batch["x"], batch["y"]
+    delta = feature_space_perturbation(head, features, labels, eps_ratio=0.5, steps=1)
+    assert head.training  # the caller's mode comes back
+
+    def fgsm(training: bool) -> torch.Tensor:
+        head.train(training)
+        start = features.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(F.cross_entropy(head(start), labels), start)
+        head.train()
+        return 0.5 * features.std() * gradient.sign()
+
+    assert torch.equal(delta, fgsm(training=False)) and not torch.equal(delta, fgsm(training=True))
+
+
 def test_kept_batchnorm_statistics_restores_them_even_after_an_error():
     torch.manual_seed(0)
     head = build_head("mlp", in_dim=4, n_classes=2)

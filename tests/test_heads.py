@@ -217,10 +217,17 @@ def test_finetune_stage_writes_heads_and_a_curve_per_term(tmp_path, method):
     assert (head.method, head.in_dim, head.n_classes) == (method, 8, 3)
     for task in ("cls_id", "vqa"):
         curves = {p.stem for p in (live / "plots" / "metrics" / task).iterdir()}
-        assert curves == EXPECTED_TERMS[method] | {"train_acc"}, task
+        terms = EXPECTED_TERMS[method]
+        assert curves == terms | {f"share_{term}" for term in terms} | {"train_acc"}, task
+        last = {}
         for metric in curves:
             rows = (live / "plots" / "metrics" / task / f"{metric}.tsv").read_text().strip().splitlines()
             assert len(rows) == 1 + 4, (task, metric)  # header + one row per epoch
+            last[metric] = float(rows[-1].split("\t")[-1])
+        # each term's share of the summed magnitudes: they add up to one
+        assert sum(last[f"share_{term}"] for term in terms) == pytest.approx(1.0)
+        assert all(last[f"share_{term}"] == pytest.approx(abs(last[term]) / sum(abs(last[t]) for t in terms), rel=1e-4)
+                   for term in terms)
 
 
 def test_finetune_stage_passes_the_loss_options_from_params(tmp_path):
@@ -228,7 +235,8 @@ def test_finetune_stage_passes_the_loss_options_from_params(tmp_path):
     live = tmp_path / "live"
     finetune_stage(params=tiny_params("ran", epochs=1, w_cov=0.0, w_adv=0.0), method="ran", features=features,
                    out=tmp_path / "heads", live=live)
-    assert {p.stem for p in (live / "plots" / "metrics" / "cls_id").iterdir()} == {"ce", "con", "train_acc"}
+    assert {p.stem for p in (live / "plots" / "metrics" / "cls_id").iterdir()} == {
+        "ce", "con", "share_ce", "share_con", "train_acc"}
 
 
 def test_finetune_lp_separates_separable_classes(tmp_path):

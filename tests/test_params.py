@@ -76,6 +76,16 @@ BAD_PARAMS = [
     ({"evaluate": {"robust": {"main_n_images": 50}}}, "evaluate.robust", "main_n_images (50) must be >= n_images"),
     ({"evaluate": {"robust": {"check_steps": 10}}}, "evaluate.robust", "check_steps must exceed steps"),
     ({"evaluate": {"robust": {"step_fraction": 0}}}, "evaluate.robust.step_fraction", "greater than 0"),
+    ({"evaluate": {"robust": {"autoattack": {"n_images": 400}}}}, "evaluate.robust",
+     "autoattack.n_images (400) must be <= main_n_images (300)"),
+    ({"evaluate": {"robust": {"masking": {"square_images": 301}}}}, "evaluate.robust",
+     "masking.square_images (301) must be <= main_n_images"),
+    ({"evaluate": {"robust": {"masking": {"large_eps_255": 4}}}}, "evaluate.robust",
+     "masking.large_eps_255 (4) must exceed every radius"),
+    ({"evaluate": {"robust": {"autoattack": {"iterations": 0}}}}, "evaluate.robust.autoattack.iterations",
+     "greater than or equal to 1"),
+    ({"data": {"ood_test": 200}}, "evaluate.robust.main_n_images",
+     "300 is larger than the cls_ood test set (data.ood_test: 200)"),
     ({"evaluate": {"bootstrap": {"confidence": 1.2}}}, "evaluate.bootstrap.confidence", "less than 1"),
 ]
 

@@ -51,7 +51,13 @@ def test_repro_outputs_agree_with_each_other_and_a_second_repro_does_nothing(pip
         assert set(headline[method]) == set(TASK_NAMES) == set(evaluation[method])
         for task in TASK_NAMES:
             assert headline[method][task] == {"clean": evaluation[method][task]["accuracy"],
-                                              "robust": robust[task]["eps_8"]["accuracy"]}
+                                              "robust": robust[task]["eps_8"]["accuracy"],
+                                              "worst_case": robust[task]["autoattack"]["worst_case_accuracy"]}
+            # AutoAttack can only lower PGD's figure on the same items; the large ball fools about everything.
+            strong = robust[task]["autoattack"]
+            assert strong["worst_case_accuracy"] <= strong["pgd2_accuracy"] <= strong["clean_accuracy"]
+            assert robust[task]["masking"]["square"]["worst_case_accuracy"] <= strong["pgd2_accuracy"]
+            assert strong["package"].startswith("pyautoattack ") and strong["n"] == 3
             # Per-item results: every test item once per method and task, and their mean is the accuracy.
             rows = items[(items["method"] == method) & (items["task"] == task)]
             assert len(rows) == evaluation[method][task]["n"]

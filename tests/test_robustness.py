@@ -134,8 +134,10 @@ def tiny_run(tmp_path_factory, tiny_clip_dir) -> dict[str, Path]:
 
 
 def _robust_params(**robust) -> Params:
-    settings = {"eps_255": [2, 8], "steps": 3, "n_images": 2, "main_n_images": 5, "batch_size": 2,
-                "check_steps": 6, "check_images": 2, "main_eps_255": 8} | robust
+    settings = {"eps_255": [2, 8], "steps": 3, "n_images": 2, "main_n_images": 3, "batch_size": 2,
+                "check_steps": 6, "check_images": 2, "main_eps_255": 8,
+                "autoattack": {"n_images": 2, "iterations": 4, "batch_size": 2},
+                "masking": {"square_images": 2, "square_queries": 10, "large_eps_255": 32}} | robust
     return Params.model_validate({"device": "cpu", "evaluate": {"robust": settings, "bootstrap": {"samples": 100}}})
 
 
@@ -151,12 +153,12 @@ def test_robustness_stage_clean_row_equals_the_cached_feature_predictions(tiny_r
                                                            ("cls_ood", "cls_ood_test", "cls_id"),
                                                            ("vqa", "vqa_test", "vqa"))):
         cached = load_feature_split(tiny_run["features"], split)
-        rows, small = attack_subsets(len(cached["y"]), (5, 2), seed=0, task_index=task_index)
+        rows, small = attack_subsets(len(cached["y"]), (3, 2), seed=0, task_index=task_index)
         head = load_head(tiny_run["heads"] / method, head_name)
         with torch.no_grad():
             cached_correct = head(cached["x"][rows]).argmax(dim=1) == cached["y"][rows]
         entry = result[task]
-        assert len(small) == 2 < len(rows)  # the tiny test sets have 3-5 items: the main subset is larger
+        assert len(small) == 2 < len(rows) == 3  # the tiny test sets have 3-4 items
         assert (entry["n"], entry["n_main"], entry["eps_8"]["n"], entry["eps_2"]["n"]) == (2, len(rows), len(rows), 2)
         # ε = 0 is clean, exactly, on the main subset
         assert entry["clean"]["accuracy"] == pytest.approx(float(cached_correct.float().mean()), abs=0)
@@ -177,6 +179,21 @@ def test_robustness_stage_clean_row_equals_the_cached_feature_predictions(tiny_r
         check = entry["convergence"]
         assert (check["n"], check["steps"], check["strong_steps"], check["eps_255"]) == (2, 3, 6, 8)
         assert check["strong_accuracy"] <= check["accuracy"]  # the stronger PGD only re-attacks survivors
+        # AutoAttack and the masking checks on the first items of the main subset, on what PGD left standing:
+        # the worst case per item is never above PGD's figure, and never robust where clean is wrong.
+        strong = entry["autoattack"]
+        expected_attacks = ["apgd-ce", "apgd-t"] if head.n_classes >= 4 else ["apgd-ce"]
+        assert (strong["n"], strong["eps_255"], strong["attacks"], strong["iterations"]) == (2, 8, expected_attacks, 4)
+        assert strong["worst_case_accuracy"] <= strong["pgd3_accuracy"] <= strong["clean_accuracy"]
+        first = table.iloc[:2]
+        assert strong["pgd_survivors"] == int(first["eps_8"].sum())
+        assert strong["fooled"] == strong["pgd_survivors"] - int(first["worst_case"].sum())
+        assert (strong["gradient_images"] > 0) == (strong["pgd_survivors"] > 0)  # only PGD's survivors are attacked
+        assert table["worst_case"].notna().tolist() == [True, True, False]
+        assert not (first["worst_case"].astype(bool) & ~first["eps_8"].astype(bool)).any()
+        square, large = entry["masking"]["square"], entry["masking"]["large_eps"]
+        assert (square["n"], square["queries"], large["n"], large["eps_255"]) == (2, 10, 2, 32)
+        assert square["worst_case_accuracy"] <= square["pgd3_accuracy"] and large["accuracy"] <= large["clean_accuracy"]
 
 
 def test_robustness_classifier_agrees_with_the_features_stage(tiny_run):

@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "src"
 PACKAGE = "medvlm"
-PLUMBING = {SOURCE / PACKAGE / "params.py", SOURCE / PACKAGE / "cli.py"}
+PLUMBING = {SOURCE / PACKAGE / name for name in ("params.py", "params_base.py", "eval_params.py", "cli.py")}
 """Left out of deps on purpose (dvc.yaml's header says why): validation and error reporting, which cannot
 change a result, and which would otherwise re-run every stage whenever a param is added. Their own imports
 are not followed: a module a stage reaches only through validation does not shape its outputs."""

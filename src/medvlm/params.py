@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from medvlm.eval_params import BootstrapParams, EvaluateParams, RobustnessParams
 from medvlm.methods import METHODS, HeadTrainingParams
+from medvlm.params_base import Section as _Section
 
 
+
+__all__ = ["BootstrapParams", "EvaluateParams", "RobustnessParams"]  # re-exported: they live in eval_params.py
 
 NOT_RESULT_SHAPING = ("data.workers", "surrogate.checkpoint_every", "surrogate.nproc", "surrogate.nnodes",
                       "surrogate.rdzv_endpoint", "pretrain.checkpoint_every", "pretrain.nproc", "pretrain.nnodes",
@@ -28,8 +32,6 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key and the allowed values."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -282,58 +284,6 @@ def _heads_model() -> type[HeadParams]:
     return create_model("HeadParams", __base__=HeadParams, **sections)
 
 
-class RobustnessParams(_Section):
-    """Test-time L∞ PGD through the frozen image encoder and each head (docs/attacks.md).
-
-    The main radius is attacked on a larger seeded subset than the others: the study's robustness claims are
-    read there, and its paired minimum detectable difference shrinks with the number of items. The subsets
-    are nested (the first items of one seeded permutation), so every radius's items are main-radius items."""
-
-    eps_255: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1,
-                                 description="attack radii in 1/255 pixel units")
-    steps: int = Field(10, ge=1)
-    step_fraction: float = Field(0.25, gt=0, le=1, description="PGD step size as a fraction of ε")
-    random_start: bool = True
-    main_eps_255: float = Field(1.0, description="the radius the claims are read at; one of eps_255")
-    main_n_images: int = Field(300, ge=1, description="seeded subset of each test set attacked at main_eps_255")
-    n_images: int = Field(100, ge=1, description="seeded subset of each test set attacked at the other radii")
-    batch_size: int = Field(100, ge=1)
-    check_steps: int = Field(100, ge=1, description="the stronger PGD of the convergence check at main_eps_255")
-    check_images: int = Field(16, ge=1, description="first images of the main subset the check attacks")
-
-    @field_validator("eps_255")
-    @classmethod
-    def _radii_non_negative_and_distinct(cls, radii: list[float]) -> list[float]:
-        if any(eps < 0 for eps in radii):
-            raise ValueError(f"every radius must be >= 0, got {radii}")
-        if len(set(radii)) != len(radii):
-            raise ValueError(f"radii must be distinct, got {radii}")
-        return sorted(radii)
-
-    @model_validator(mode="after")
-    def _main_is_a_listed_radius(self) -> "RobustnessParams":
-        if self.main_eps_255 not in self.eps_255:
-            raise ValueError(f"main_eps_255 must be one of eps_255 {self.eps_255}, got {self.main_eps_255}")
-        if self.main_n_images < self.n_images:
-            raise ValueError(f"main_n_images ({self.main_n_images}) must be >= n_images ({self.n_images}): the "
-                             "other radii attack the first n_images items of the main subset")
-        if self.check_steps <= self.steps:
-            raise ValueError(f"check_steps must exceed steps ({self.steps}) to be a stronger attack, "
-                             f"got {self.check_steps}")
-        return self
-
-
-class BootstrapParams(_Section):
-    samples: int = Field(1000, ge=100, description="bootstrap resamples of the test set")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-
-
-class EvaluateParams(_Section):
-    batch_size: int = Field(1024, ge=1)
-    bootstrap: BootstrapParams = BootstrapParams()
-    robust: RobustnessParams = RobustnessParams()
-
-
 _BUILTIN_HEADS = _heads_model()
 
 
@@ -360,6 +310,18 @@ class Params(_Section):
                 raise ValueError(f"{name}.rdzv_endpoint: required when {name}.nnodes > 1 ({train.nnodes}): the "
                                  "host:port of the c10d rendezvous every machine joins, e.g. the first node's "
                                  "hostname and a free port (docs/scaling.md)")
+        return self
+
+    @model_validator(mode="after")
+    def _robust_subsets_fit_the_synthetic_test_sets(self):
+        # Sizes known before the data exist: the synthetic classification test sets. Every other test set
+        # is checked by the robustness stage once it is built.
+        robust = self.evaluate.robust
+        for task, size_key in (("cls_id", "cls_test"), ("cls_ood", "ood_test")):
+            size = getattr(self.data, size_key)
+            if getattr(self.data, task).source == "synthetic" and robust.main_n_images > size:
+                raise ValueError(f"evaluate.robust.main_n_images: {robust.main_n_images} is larger than the "
+                                 f"{task} test set (data.{size_key}: {size})")
         return self
 
     @model_validator(mode="after")

@@ -3,9 +3,9 @@
 Heads train on cached features held in memory: no DataLoader and no workers, just a seeded permutation
 split into batches each epoch. Each batch is a dict of the cached tensors the loss names (`loss.inputs`:
 "x", "y", or the augmented views "x_view1", "x_view2"); the loss returns already-weighted terms (see
-`medvlm.losses.base`), and the trainer sums them, checks each for NaN/inf, and logs each one (epoch mean)
-plus the train accuracy to DVCLive as `<task>/<term>`, so new loss terms appear in the curves without a
-trainer change.
+`medvlm.losses.base`), and the trainer sums them, checks each for NaN/inf, and logs each one (epoch mean),
+its share of the summed magnitudes (`<task>/share_<term>`) and the train accuracy to DVCLive as
+`<task>/<term>`, so new loss terms appear in the curves without a trainer change.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def _train_one_epoch(
     n = float(sizes.sum())
     record = {name: float(torch.stack([terms[name] for terms in batch_terms]).float().cpu() @ sizes) / n
               for name in batch_terms[0]}
+    # Each term's share of the total magnitude, so that a term stuck near 0 shows in the curves.
+    total = sum(abs(value) for value in record.values())
+    record |= {f"share_{name}": abs(value) / total if total else 0.0 for name, value in list(record.items())}
     predicted = torch.cat(predictions, dim=1)
     record["train_acc"] = float((predicted == data["y"][torch.cat(batches)]).sum()) / predicted.numel()
     return record
@@ -128,8 +131,9 @@ def fit_head(
                 live.step = epoch  # one curve per task over epochs, even with several tasks in one Live
                 for name, value in record.items():
                     live.log_metric(f"{task}/{name}", value)
-            progress.set_postfix(acc=f"{record['train_acc']:.3f}",
-                                 loss=f"{sum(v for k, v in record.items() if k != 'train_acc'):.4f}")
+            epoch_loss = sum(value for name, value in record.items()
+                             if name != "train_acc" and not name.startswith("share_"))
+            progress.set_postfix(acc=f"{record['train_acc']:.3f}", loss=f"{epoch_loss:.4f}")
     seconds = time.perf_counter() - start
     log.info("%s: %d epochs over %d samples in %.2f s (%.0f samples/s)", task, epochs, n, seconds,
              epochs * n / max(seconds, 1e-9))

@@ -63,22 +63,32 @@ def line_panels(panels: Mapping[str, Mapping[str, Curve]], *, xlabel: str, ylabe
 
 
 def training_curves_png(live_dir: Path, title: str, path: Path) -> None:
-    """Every DVCLive curve (`plots/metrics/**/*.tsv`) of one training run, one subplot each."""
-    curves = sorted((live_dir / "plots" / "metrics").rglob("*.tsv"))
+    """Every DVCLive curve (`plots/metrics/**/*.tsv`) of one training run, one subplot each; the loss terms'
+    shares of a folder (`share_<term>`) share one subplot, a line per term."""
+    root = live_dir / "plots" / "metrics"
+    curves = sorted(root.rglob("*.tsv"))
     if not curves:
         raise FileNotFoundError(f"{live_dir}: no DVCLive curves under plots/metrics")
-    columns = min(4, len(curves))
-    rows = math.ceil(len(curves) / columns)
+    panels: dict[Path, list[Path]] = {}
+    for tsv in curves:
+        key = tsv.parent / "share_" if tsv.stem.startswith("share_") else tsv.with_suffix("")
+        panels.setdefault(key, []).append(tsv)
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
     figure, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
-    root = live_dir / "plots" / "metrics"
-    for axes, tsv in zip(grid.flat, curves):
-        frame = pd.read_csv(tsv, sep="\t")
-        metric = frame.columns[-1]
-        axes.plot(frame["step"], frame[metric], linewidth=1)
-        axes.set_title(str(tsv.relative_to(root).with_suffix("")), fontsize="small")
+    for axes, (key, files) in zip(grid.flat, panels.items()):
+        for tsv in files:
+            frame = pd.read_csv(tsv, sep="\t")
+            metric = frame.columns[-1]
+            axes.plot(frame["step"], frame[metric], linewidth=1, label=metric.removeprefix("share_"))
+        if len(files) > 1 or key.name == "share_":
+            axes.legend(fontsize="x-small")
+        name = str(key.relative_to(root))
+        axes.set_title(name.removesuffix("share_") + "loss-term shares" if key.name == "share_" else name,
+                       fontsize="small")
         axes.set_xlabel("step", fontsize="small")
         axes.grid(alpha=0.3)
-    for axes in list(grid.flat)[len(curves):]:
+    for axes in list(grid.flat)[len(panels):]:
         axes.axis("off")
     figure.suptitle(title)
     _save(figure, path)

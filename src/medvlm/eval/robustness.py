@@ -1,10 +1,14 @@
-"""Accuracy under test-time L∞ PGD through the frozen image encoder and a head.
+"""Accuracy under test-time L∞ attacks through the frozen image encoder and a head.
 
 For each task (in-domain and out-of-domain classification, VQA with the question held fixed) a seeded
-subset of the test images is attacked at every ε of `evaluate.robust.eps_255`, maximising the head's
-cross-entropy. A stronger PGD (`check_steps`) re-attacks the first `check_images` of the subset that survived
-PGD-`steps` at one ε, and the accuracy under both is reported beside PGD-`steps` alone: if PGD-`steps` has
-converged, the two agree.
+subset of the test images is attacked at every ε of `evaluate.robust.eps_255` by PGD, maximising the head's
+cross-entropy. At the main ε, on the first items of that subset:
+- a stronger PGD (`check_steps`) re-attacks the first `check_images` that survived PGD-`steps`; if PGD-`steps`
+  has converged, the two agree;
+- AutoAttack (APGD-CE + APGD-T, eval/autoattack.py) attacks the first `autoattack.n_images`; robust accuracy
+  there is the worst case per item over PGD-`steps` and AutoAttack;
+- the gradient-masking checks: the black-box Square attack on the first `masking.square_images`, and PGD at
+  `masking.large_eps_255` on the AutoAttack items, which must fool about every one of them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medvlm.attacks.pgd import linf_ball, random_start_in
+from medvlm.eval.autoattack import autoattack_correct, finite_logits, square_plan, white_box_plan
 from medvlm.data.cached_features import fuse_vqa, load_feature_split, read_features_meta
 from medvlm.data.manifest import load_images, to_pixels
 from medvlm.eval.bootstrap import accuracy_interval
@@ -122,6 +127,89 @@ def strong_pgd_check(classify: Classifier, pixels: torch.Tensor, labels: torch.T
     return strong
 
 
+def _survivors_under(attack: Callable[..., Any], pgd_correct: torch.Tensor, where: slice,
+                     part: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, Any]:
+    """Worst case per item over PGD (`pgd_correct`, CPU) and `attack`, which only attacks what PGD left standing
+    in `where`: an item PGD fooled is fooled whatever the other attack does. Returns the worst case and the
+    attack's outcome on the survivors (None when there were none)."""
+    worst = pgd_correct[where].clone()
+    survivors = worst.nonzero().squeeze(1) + (where.start or 0)
+    if len(survivors) == 0:
+        return worst, None
+    outcome = attack(*part(survivors))
+    worst[survivors - (where.start or 0)] = outcome.correct
+    return worst, outcome
+
+
+def worst_case_and_masking_checks(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor,
+                                  context: torch.Tensor | None, *, pgd_correct: torch.Tensor,
+                                  robust: RobustnessParams, n_classes: int, seed: int, generator: torch.Generator,
+                                  where: str) -> tuple[dict[str, Any], dict[str, tuple[slice, Any]]]:
+    """AutoAttack and the masking checks on the first items of the main subset (`pixels`, in its order), with
+    `pgd_correct` (CPU) PGD-`steps`' result there at the main ε. AutoAttack and Square attack only the items
+    PGD did not fool (the worst case needs nothing else, and it saves most of their cost). Returns the
+    metrics and, per new item column, (positions in the main subset, bool values)."""
+    eps = robust.main_eps_255 / 255
+    aa = slice(0, min(robust.autoattack.n_images, len(labels)))
+    square = slice(0, min(robust.masking.square_images, len(labels)))
+
+    def part(rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        rows = rows.to(pixels.device) if isinstance(rows, torch.Tensor) else rows
+        return pixels[rows], labels[rows], None if context is None else context[rows]
+
+    settings = robust.autoattack
+    plan = white_box_plan(n_classes, iterations=settings.iterations, restarts=settings.restarts,
+                          max_targets=settings.max_targets)
+    at_main = f"eps {robust.main_eps_255:g}/255"
+    worst, autoattack = _survivors_under(
+        lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=plan, seed=seed,
+                                           batch_size=settings.batch_size, where=f"{where} AutoAttack {at_main}"),
+        pgd_correct, aa, part)
+    square_worst, squared = _survivors_under(
+        lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=square_plan(robust.masking.square_queries),
+                                           seed=seed, batch_size=settings.batch_size,
+                                           where=f"{where} Square {at_main}"),
+        pgd_correct, square, part)
+    large = _batched_correct(finite_logits(classify, f"{where} PGD eps {robust.masking.large_eps_255:g}/255"),
+                             *part(aa), eps=robust.masking.large_eps_255, steps=robust.steps, robust=robust,
+                             generator=generator).cpu()
+    both = slice(0, max(aa.stop, square.stop))
+    with torch.no_grad():
+        images, answers, questions = part(both)
+        clean = (classify(images, questions).argmax(dim=1) == answers).cpu()
+
+    def accuracy(values: torch.Tensor) -> float:
+        return float(values.float().mean())
+
+    def attacked(outcome: Any, worst_: torch.Tensor, pgd: torch.Tensor) -> dict[str, Any]:
+        survivors = int(pgd.sum())
+        return {"pgd_survivors": survivors, "fooled": survivors - int(worst_.sum()),
+                "gradient_images": outcome.gradient_images if outcome else 0,
+                "queries_made": outcome.forward_images if outcome else 0,
+                "seconds": outcome.seconds if outcome else 0.0}
+
+    pgd_key = f"pgd{robust.steps}_accuracy"
+    aa_cost = attacked(autoattack, worst, pgd_correct[aa])
+    aa_cost.pop("queries_made")
+    aa_cost["seconds_per_image_step"] = aa_cost["seconds"] / max(aa_cost["gradient_images"], 1)
+    square_cost = attacked(squared, square_worst, pgd_correct[square])
+    square_cost.pop("gradient_images")
+    metrics = {
+        "autoattack": {"eps_255": robust.main_eps_255, "n": aa.stop, **plan.describe(),
+                       "clean_accuracy": accuracy(clean[aa]), pgd_key: accuracy(pgd_correct[aa]),
+                       "worst_case_accuracy": accuracy(worst), **aa_cost},
+        "masking": {"square": {"eps_255": robust.main_eps_255, "n": square.stop,
+                               **square_plan(robust.masking.square_queries).describe(),
+                               "clean_accuracy": accuracy(clean[square]), pgd_key: accuracy(pgd_correct[square]),
+                               "worst_case_accuracy": accuracy(square_worst), **square_cost},
+                    "large_eps": {"eps_255": robust.masking.large_eps_255, "n": aa.stop, "steps": robust.steps,
+                                  "clean_accuracy": accuracy(clean[aa]), "accuracy": accuracy(large)}},
+    }
+    columns = {"worst_case": (aa, worst.numpy()), "square": (square, square_worst.numpy()),
+               "large_eps": (aa, large.numpy())}
+    return metrics, columns
+
+
 def _task_inputs(task_name: str, *, split: dict[str, torch.Tensor], data: Path, features: Path, data_root: Path,
                  rows: torch.Tensor, image_dim: int, device: torch.device,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, pd.DataFrame]:
@@ -159,6 +247,10 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
     start_time = time.perf_counter()
     for task_index, (task_name, task) in enumerate(TASKS.items()):
         split = load_feature_split(features, task.test_split)
+        if robust.main_n_images > len(split["y"]):
+            raise DataError(f"evaluate.robust.main_n_images: {robust.main_n_images} is larger than the "
+                            f"{task_name} test set ({len(split['y'])} items in {features}/{task.test_split}"
+                            ".safetensors)")
         rows, small = attack_subsets(len(split["y"]), (robust.main_n_images, robust.n_images), seed,
                                      task_index)
         pixels, labels, questions, cached, entries = _task_inputs(
@@ -177,7 +269,8 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
         for eps in tqdm([0.0, *robust.eps_255], desc=f"{method} {task_name} PGD-{robust.steps}", unit="eps"):
             where = torch.ones_like(in_small) if eps in (0.0, robust.main_eps_255) else in_small
             on_device = where.to(pixels.device)
-            correct_at[eps] = _batched_correct(classify, pixels[on_device], labels[on_device],
+            checked = finite_logits(classify, f"robustness {method} {task_name} PGD eps {eps:g}/255")
+            correct_at[eps] = _batched_correct(checked, pixels[on_device], labels[on_device],
                                                None if questions is None else questions[on_device], eps=eps,
                                                steps=robust.steps, robust=robust, generator=generator).cpu()
             attacked += len(correct_at[eps]) * (robust.steps if eps else 1)
@@ -192,7 +285,8 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
             }
         check = slice(0, robust.check_images)
         weak = correct_at[robust.main_eps_255][check]
-        strong = strong_pgd_check(classify, pixels[check], labels[check],
+        strong = strong_pgd_check(finite_logits(classify, f"robustness {method} {task_name} PGD-{robust.check_steps} "
+                                                f"eps {robust.main_eps_255:g}/255"), pixels[check], labels[check],
                                   None if questions is None else questions[check], weak, robust=robust,
                                   generator=generator)
         survivors = int(weak.sum())
@@ -205,6 +299,15 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
             "strong_steps": robust.check_steps,
             "strong_accuracy": float(strong.float().mean()),
         }
+        strong, columns = worst_case_and_masking_checks(
+            classify, pixels, labels, questions, pgd_correct=correct_at[robust.main_eps_255], robust=robust,
+            n_classes=head.n_classes, seed=seed, generator=generator, where=f"robustness {method} {task_name}")
+        task_results.update(strong)
+        for key, (positions, values) in columns.items():
+            column = pd.array([pd.NA] * len(rows), dtype="boolean")
+            column[positions] = values
+            table[key] = column
+        attacked += strong["autoattack"]["gradient_images"] + len(columns["large_eps"][1]) * robust.steps
         results[task_name] = task_results
         tables.append(table)
         log.info("%s %s: clean %.3f, %s; PGD-%d vs PGD-%d then PGD-%d at eps %g/255 on %d images: %.3f vs %.3f",
@@ -213,6 +316,15 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
                            for eps in robust.eps_255),
                  robust.steps, robust.steps, robust.check_steps, robust.main_eps_255, len(weak),
                  task_results["convergence"]["accuracy"], task_results["convergence"]["strong_accuracy"])
+        aa_result, square_result = task_results["autoattack"], task_results["masking"]["square"]
+        log.info("%s %s at eps %g/255 on %d items: PGD-%d %.3f, worst case with AutoAttack (%s) %.3f (%d of %d "
+                 "survivors fooled, %.1f s); with Square %.3f on %d (%d of %d fooled); PGD at %g/255 %.3f",
+                 method, task_name, robust.main_eps_255, aa_result["n"], robust.steps,
+                 aa_result[f"pgd{robust.steps}_accuracy"], "+".join(aa_result["attacks"]),
+                 aa_result["worst_case_accuracy"], aa_result["fooled"], aa_result["pgd_survivors"],
+                 aa_result["seconds"], square_result["worst_case_accuracy"], square_result["n"],
+                 square_result["fooled"], square_result["pgd_survivors"], robust.masking.large_eps_255,
+                 task_results["masking"]["large_eps"]["accuracy"])
     seconds = time.perf_counter() - start_time
     log.info("%s: %d image-gradient steps (upper bound) in %.1f s (%.0f images x steps/s)", method, attacked,
              seconds, attacked / max(seconds, 1e-9))

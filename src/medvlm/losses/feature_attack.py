@@ -3,8 +3,9 @@
 L∞ PGD on the frozen feature u, against the head's own classification loss CE(head(u + δ), y), within
 ‖δ‖∞ ≤ adv_eps·std(u) (std over every entry of the batch, so the budget follows the feature scale):
 start at δ = 0, step 2.5·ε/steps along sign(∇δ), clip to the ball. One step is FGSM (δ = ε·sign(∇)).
-Only the input gradient is taken (torch.autograd.grad), so the head's parameter .grad stays untouched;
-BatchNorm's running statistics are kept as they were (`kept_batchnorm_statistics`).
+Only the input gradient is taken (torch.autograd.grad), so the head's parameter .grad stays untouched. The
+head runs in eval mode during the attack, as it does when the test-time attack faces it: BatchNorm
+normalises with its running statistics, not the batch's, and leaves them as they were.
 """
 
 from __future__ import annotations
@@ -49,10 +50,14 @@ def feature_space_perturbation(head: Head, features: torch.Tensor, labels: torch
     eps = eps_ratio * features.std()
     step = PGD_STEP_FACTOR * eps / steps
     delta = torch.zeros_like(features)
-    with kept_batchnorm_statistics(head):
+    training = head.training
+    head.eval()
+    try:
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = F.cross_entropy(head(features + delta), labels)
             (gradient,) = torch.autograd.grad(loss, delta)
             delta = torch.clamp(delta.detach() + step * gradient.sign(), -eps, eps)
+    finally:
+        head.train(training)
     return delta
