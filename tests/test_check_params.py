@@ -29,6 +29,13 @@ def test_an_unknown_model_config_is_refused_naming_the_key():
     check_params(parse_params({"model": {"name": "hf-hub:some/model"}}))  # resolved by open_clip at run time
 
 
+def test_a_robust_subset_larger_than_a_synthetic_test_set_is_refused_naming_the_key():
+    with pytest.raises(ParamsError, match=r"evaluate.robust.main_n_images: 300 is larger than the cls_ood test set "
+                                          r"\(data.ood_test: 200\)"):
+        check_params(parse_params({"data": {"ood_test": 200}}))
+    check_params(parse_params({"data": {"ood_test": 300}}))
+
+
 def test_the_marker_is_the_same_bytes_every_time(tmp_path):
     out = tmp_path / "checks" / "params.ok"
     check_params_stage(params=parse_params({}), out=out)

@@ -84,8 +84,6 @@ BAD_PARAMS = [
      "masking.large_eps_255 (4) must exceed every radius"),
     ({"evaluate": {"robust": {"autoattack": {"iterations": 0}}}}, "evaluate.robust.autoattack.iterations",
      "greater than or equal to 1"),
-    ({"data": {"ood_test": 200}}, "evaluate.robust.main_n_images",
-     "300 is larger than the cls_ood test set (data.ood_test: 200)"),
     ({"evaluate": {"bootstrap": {"confidence": 1.2}}}, "evaluate.bootstrap.confidence", "less than 1"),
 ]
 

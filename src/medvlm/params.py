@@ -313,18 +313,6 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
-    def _robust_subsets_fit_the_synthetic_test_sets(self):
-        # Sizes known before the data exist: the synthetic classification test sets. Every other test set
-        # is checked by the robustness stage once it is built.
-        robust = self.evaluate.robust
-        for task, size_key in (("cls_id", "cls_test"), ("cls_ood", "ood_test")):
-            size = getattr(self.data, size_key)
-            if getattr(self.data, task).source == "synthetic" and robust.main_n_images > size:
-                raise ValueError(f"evaluate.robust.main_n_images: {robust.main_n_images} is larger than the "
-                                 f"{task} test set (data.{size_key}: {size})")
-        return self
-
-    @model_validator(mode="after")
     def _untrained_surrogate_needs_weights(self):
         if self.surrogate.epochs == 0 and self.model.is_scratch():
             raise ValueError("surrogate.epochs: 0 keeps the initial model as the surrogate, which needs pretrained "

@@ -137,7 +137,7 @@ class ResampledClassification:
         for label, order, first, last, positive in zip(self.classes, self.order, self.group_first,
                                                        self.group_last, self.positive_sorted, strict=True):
             n_positive = label_count[label]
-            if n_positive == 0:  # not drawn: no AUROC for this class in this resample
+            if n_positive in (0, n):  # not drawn, or the only class drawn: no AUROC for this class here
                 continue
             drawn = counts[order]
             negatives_up_to = np.cumsum(drawn * ~positive)

@@ -5,7 +5,8 @@ refuse costs the workspace that stage's outputs (until `dvc checkout`). This sta
 result-shaping param changes; every other stage depends on its marker, whose content never changes, so a
 good change re-runs nothing extra and a bad one stops `dvc repro` / `dvc exp run` before anything is removed.
 Besides the schema it checks what a stage would otherwise find out late: that `model.name` names a model
-config that exists. Imports stay light (no torch, no open_clip): it runs on every params change.
+config that exists, and that the robust subsets fit the synthetic classification test sets (every other test
+set is checked by the robustness stage once it is built). Imports stay light (no torch, no open_clip): it runs on every params change.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def check_params(params: Params) -> None:
     if not name.startswith(HF_HUB) and name not in model_config_names():
         shipped = sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.json"))
         raise ParamsError(f"model.name: unknown open_clip model config {name!r}; shipped configs: {shipped}")
+    robust = params.evaluate.robust
+    for task, size_key in (("cls_id", "cls_test"), ("cls_ood", "ood_test")):
+        size = getattr(params.data, size_key)
+        if getattr(params.data, task).source == "synthetic" and robust.main_n_images > size:
+            raise ParamsError(f"evaluate.robust.main_n_images: {robust.main_n_images} is larger than the {task} "
+                              f"test set (data.{size_key}: {size})")
 
 
 def check_params_stage(*, params: Params, out: Path) -> None:
