@@ -127,17 +127,17 @@ def strong_pgd_check(classify: Classifier, pixels: torch.Tensor, labels: torch.T
     return strong
 
 
-def _survivors_under(attack: Callable[..., Any], pgd_correct: torch.Tensor, where: slice,
+def _survivors_under(attack: Callable[..., Any], pgd_correct: torch.Tensor, first: int,
                      part: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, Any]:
-    """Worst case per item over PGD (`pgd_correct`, CPU) and `attack`, which only attacks what PGD left standing
-    in `where`: an item PGD fooled is fooled whatever the other attack does. Returns the worst case and the
-    attack's outcome on the survivors (None when there were none)."""
-    worst = pgd_correct[where].clone()
-    survivors = worst.nonzero().squeeze(1) + (where.start or 0)
+    """Worst case per item over PGD (`pgd_correct`, CPU) and `attack` on the first `first` items; `attack` only
+    attacks what PGD left standing, since an item PGD fooled is fooled whatever the other attack does. Returns
+    the worst case and the attack's outcome on the survivors (None when there were none)."""
+    worst = pgd_correct[:first].clone()
+    survivors = worst.nonzero().squeeze(1)
     if len(survivors) == 0:
         return worst, None
     outcome = attack(*part(survivors))
-    worst[survivors - (where.start or 0)] = outcome.correct
+    worst[survivors] = outcome.correct
     return worst, outcome
 
 
@@ -160,51 +160,45 @@ def worst_case_and_masking_checks(classify: Classifier, pixels: torch.Tensor, la
     settings = robust.autoattack
     plan = white_box_plan(n_classes, iterations=settings.iterations, restarts=settings.restarts,
                           max_targets=settings.max_targets)
+    black_box = square_plan(robust.masking.square_queries)
     at_main = f"eps {robust.main_eps_255:g}/255"
     worst, autoattack = _survivors_under(
         lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=plan, seed=seed,
                                            batch_size=settings.batch_size, where=f"{where} AutoAttack {at_main}"),
-        pgd_correct, aa, part)
+        pgd_correct, aa.stop, part)
     square_worst, squared = _survivors_under(
-        lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=square_plan(robust.masking.square_queries),
-                                           seed=seed, batch_size=settings.batch_size,
-                                           where=f"{where} Square {at_main}"),
-        pgd_correct, square, part)
+        lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=black_box, seed=seed,
+                                           batch_size=settings.batch_size, where=f"{where} Square {at_main}"),
+        pgd_correct, square.stop, part)
     large = _batched_correct(finite_logits(classify, f"{where} PGD eps {robust.masking.large_eps_255:g}/255"),
                              *part(aa), eps=robust.masking.large_eps_255, steps=robust.steps, robust=robust,
                              generator=generator).cpu()
-    both = slice(0, max(aa.stop, square.stop))
     with torch.no_grad():
-        images, answers, questions = part(both)
+        images, answers, questions = part(slice(0, max(aa.stop, square.stop)))
         clean = (classify(images, questions).argmax(dim=1) == answers).cpu()
 
     def accuracy(values: torch.Tensor) -> float:
         return float(values.float().mean())
 
-    def attacked(outcome: Any, worst_: torch.Tensor, pgd: torch.Tensor) -> dict[str, Any]:
-        survivors = int(pgd.sum())
-        return {"pgd_survivors": survivors, "fooled": survivors - int(worst_.sum()),
-                "gradient_images": outcome.gradient_images if outcome else 0,
-                "queries_made": outcome.forward_images if outcome else 0}
+    def fooled(worst_: torch.Tensor, pgd: torch.Tensor) -> dict[str, int]:
+        return {"pgd_survivors": int(pgd.sum()), "fooled": int(pgd.sum()) - int(worst_.sum())}
 
-    pgd_key = f"pgd{robust.steps}_accuracy"
-    aa_cost = attacked(autoattack, worst, pgd_correct[aa])
-    aa_cost.pop("queries_made")
     # Times go to the log, not the metrics: the metrics files must be the same bytes for the same params.
-    seconds = {"autoattack": autoattack.seconds if autoattack else 0.0, "square": squared.seconds if squared else 0.0}
+    gradient_images = autoattack.gradient_images if autoattack else 0
+    aa_seconds, square_seconds = (outcome.seconds if outcome else 0.0 for outcome in (autoattack, squared))
     log.info("%s: AutoAttack %.1f s for %d image-gradient passes (%.2f ms each), Square %.1f s", where,
-             seconds["autoattack"], aa_cost["gradient_images"],
-             1000 * seconds["autoattack"] / max(aa_cost["gradient_images"], 1), seconds["square"])
-    square_cost = attacked(squared, square_worst, pgd_correct[square])
-    square_cost.pop("gradient_images")
+             aa_seconds, gradient_images, 1000 * aa_seconds / max(gradient_images, 1), square_seconds)
+    pgd_key = f"pgd{robust.steps}_accuracy"
     metrics = {
         "autoattack": {"eps_255": robust.main_eps_255, "n": aa.stop, **plan.describe(),
                        "clean_accuracy": accuracy(clean[aa]), pgd_key: accuracy(pgd_correct[aa]),
-                       "worst_case_accuracy": accuracy(worst), **aa_cost},
-        "masking": {"square": {"eps_255": robust.main_eps_255, "n": square.stop,
-                               **square_plan(robust.masking.square_queries).describe(),
+                       "worst_case_accuracy": accuracy(worst), **fooled(worst, pgd_correct[aa]),
+                       "gradient_images": gradient_images},
+        "masking": {"square": {"eps_255": robust.main_eps_255, "n": square.stop, **black_box.describe(),
                                "clean_accuracy": accuracy(clean[square]), pgd_key: accuracy(pgd_correct[square]),
-                               "worst_case_accuracy": accuracy(square_worst), **square_cost},
+                               "worst_case_accuracy": accuracy(square_worst),
+                               **fooled(square_worst, pgd_correct[square]),
+                               "queries_made": squared.forward_images if squared else 0},
                     "large_eps": {"eps_255": robust.masking.large_eps_255, "n": aa.stop, "steps": robust.steps,
                                   "clean_accuracy": accuracy(clean[aa]), "accuracy": accuracy(large)}},
     }
