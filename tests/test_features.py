@@ -77,7 +77,8 @@ def _params(batch_size: int = 4, seed: int = 0) -> Params:
 
 def test_outputs_have_the_documented_shapes_and_meta(stage_run):
     _, out = stage_run
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.safetensors" for n in SPLIT_FILES] + ["meta.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.safetensors" for n in SPLIT_FILES]
+                                                          + ["meta.json", "feature_shift.json"])
     meta = read_json(out / "meta.json")
     dim = meta["dims"]["cls_id"]
     assert meta["labels"] == LABELS
@@ -199,3 +200,17 @@ def test_bad_answer_type_is_refused(tmp_path, clip_dir):
     manifest.to_csv(raw / "vqa.csv", index=False)
     with pytest.raises(DataError, match=r"vqa.csv: row with id 'q0a' has answer_type 'multiple'"):
         features_stage(params=_params(), clip=clip_dir, data=raw, out=tmp_path / "features", data_root=tmp_path)
+
+
+def test_the_feature_shift_is_measured_per_training_task(stage_run):
+    _, out = stage_run
+    shifts = read_json(out / "feature_shift.json")
+    assert set(shifts) == {"cls_id", "vqa"}
+    for task, shift in shifts.items():
+        assert shift["n"] == {"cls_id": 6, "vqa": 6}[task]  # fewer training items than features.shift_images
+        assert shift["eps_255"] == 1.0 and shift["steps"] == 10
+        assert shift["adv_eps"] == shift["linf_ratio"]["median"] > 0
+        assert shift["linf_ratio"]["p10"] <= shift["linf_ratio"]["median"] <= shift["linf_ratio"]["p90"]
+        assert 0 < shift["rms_ratio"]["median"] <= shift["linf_ratio"]["median"]  # RMS never exceeds the max
+        x = load_feature_split(out, f"{task}_train")["x"]
+        assert shift["std_u"] == pytest.approx(float(x.std()))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class MethodSection(BaseModel):
@@ -31,8 +31,10 @@ class HeadTrainingParams(MethodSection):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
 
-    def loss_options(self) -> dict[str, Any]:
-        """The keyword arguments of the method's loss module: every field the trainer does not read."""
+    def loss_options(self, measured_adv_eps: float | None = None) -> dict[str, Any]:
+        """The keyword arguments of the method's loss module: every field the trainer does not read.
+        `measured_adv_eps`: the task's measured shift of u (engine/feature_shift.py), for a method whose
+        budget can be set from it."""
         return self.model_dump(exclude=set(HeadTrainingParams.model_fields))
 
 
@@ -58,9 +60,27 @@ class RanParams(MlpTuningParams):
     margin: float = Field(0.2, ge=0, le=4, description="m: sample margin in squared distance on the unit sphere")
     centroid_margin: float = Field(
         1.0, ge=0, le=4, description="m_c: least squared distance between two class centroids (1.0: >= 60 degrees)")
-    adv_eps: float = Field(
-        0.0, ge=0, description="> 0: margin term on feature-space PGD inputs, |delta|_inf <= adv_eps * std(u)")
+    adv_eps: float | Literal["measured"] = Field(
+        0.0, description="> 0: margin term on feature-space PGD inputs, |delta|_inf <= adv_eps * std(u); 'measured': "
+        "the median shift of u under the evaluation's pixel PGD, per task (features/feature_shift.json)")
     adv_steps: int = Field(1, ge=1, description="PGD steps of the feature-space attack (1 = FGSM)")
+
+    @field_validator("adv_eps", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        if value == "measured":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"expected a number >= 0 or 'measured', got {value!r}")
+        return float(value)
+
+    def loss_options(self, measured_adv_eps: float | None = None) -> dict[str, Any]:
+        options = super().loss_options()
+        if options["adv_eps"] == "measured":
+            if measured_adv_eps is None:
+                raise ValueError("heads.ran.adv_eps is 'measured', but no measured feature shift was given")
+            options["adv_eps"] = measured_adv_eps
+        return options
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,9 @@ class AugmentParams(_Section):
 class FeatureParams(_Section):
     batch_size: int = Field(256, ge=1)
     augment: AugmentParams = AugmentParams()
+    shift_images: int = Field(
+        64, ge=1, description="training images per task on which the shift of u under the evaluation's pixel "
+        "PGD is measured (the budget of heads.ran.adv_eps: measured)")
 
 
 class HeadParams(_Section):

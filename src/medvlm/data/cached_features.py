@@ -24,6 +24,8 @@ from medvlm.tasks import feature_splits, head_tasks
 FEATURES_META = "meta.json"
 SPLITS = feature_splits()
 """Every cached split -> (its task, the manifest split it embeds), from the task registry."""
+SHIFT_FILE = "feature_shift.json"
+"""Per task, how far the evaluation's pixel PGD moves the cached u (medvlm.engine.feature_shift)."""
 TRAINING_SPLITS = tuple(head_tasks().values())
 """The splits heads train on; only these carry the augmented views."""
 VIEW_KEYS = ("x_view1", "x_view2")

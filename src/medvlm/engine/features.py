@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from medvlm.data.augment import ViewAugmentation
 from medvlm.data.manifest import META_FILE, load_images, manifest_path, read_manifest, to_pixels
-from medvlm.data.cached_features import FEATURES_META, SPLITS, TRAINING_SPLITS, VIEW_KEYS, fuse_vqa
+from medvlm.data.cached_features import FEATURES_META, SHIFT_FILE, SPLITS, TRAINING_SPLITS, VIEW_KEYS, fuse_vqa
+from medvlm.engine.feature_shift import measure_shift
 from medvlm.io import DataError, atomic_dir, read_json, save_tensors, write_json
 from medvlm.models.clip import MedClip, load_clip
-from medvlm.params import AugmentParams
+from medvlm.params import AugmentParams, RobustnessParams
 from medvlm.runtime import TrainingError, log
 from medvlm.tasks import TASKS
 
@@ -125,15 +126,41 @@ def _check_finite_features(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
                                     f"{rows[:5]}; the CLIP in use gives NaN/inf embeddings (re-train it)")
 
 
+def _feature_shifts(model: MedClip, frames: dict[str, pd.DataFrame], tensors: dict[str, dict[str, torch.Tensor]],
+                    questions: dict[str, torch.Tensor], *, data_root: Path, robust: RobustnessParams,
+                    n_images: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """Per task with a training split: how far pixel PGD at the evaluation's main radius moves its u
+    (engine/feature_shift.py); the budget of RAN's adversarial margin when `heads.ran.adv_eps` is `measured`."""
+    shifts = {}
+    for task_index, name in enumerate(TRAINING_SPLITS):
+        task = SPLITS[name][0]
+        images, question = list(frames[name]["image"]), questions.get(name)
+
+        def embed(pixels: torch.Tensor, rows: list[int], question: torch.Tensor | None = question) -> torch.Tensor:
+            image = model.encode_pixels(pixels, normalize=True)
+            return image if question is None else fuse_vqa(image, question[rows].to(image.device))
+
+        def load(rows: list[int], images: list[str] = images) -> torch.Tensor:
+            return to_pixels(load_images(data_root, [images[row] for row in rows])).to(model.device)
+
+        shifts[task.name] = measure_shift(
+            embed=embed, load_pixels=load, n_items=len(images), features=tensors[name]["x"], n_images=n_images,
+            eps_255=robust.main_eps_255, steps=robust.steps, step_fraction=robust.step_fraction,
+            random_start=robust.random_start, batch_size=batch_size, seed=seed * 1000 + task_index, what=name)
+    return shifts
+
+
 def write_features(*, clip: Path, data: Path, out: Path, data_root: Path, batch_size: int, augment: AugmentParams,
-                   seed: int, device: torch.device) -> None:
-    """Embed every downstream split with the frozen CLIP in `clip` and write the cached features to `out`."""
+                   robust: RobustnessParams, shift_images: int, seed: int, device: torch.device) -> None:
+    """Embed every downstream split with the frozen CLIP in `clip` and write the cached features to `out`,
+    with the measured feature shift under the evaluation's pixel attack (`SHIFT_FILE`)."""
     labels = _read_labels(data)
     frames = {name: read_manifest(data, task.manifest, data_root, split=split)
               for name, (task, split) in SPLITS.items()}
     tensors, answers = _targets(frames, labels, data)  # checks every label before any image is embedded
 
     model = load_clip(clip, device=device)
+    questions = {}
     for name, (task, _) in SPLITS.items():
         # The training splits also get one feature per augmented view: x, x_view1, x_view2.
         keys = ("x", *VIEW_KEYS) if name in TRAINING_SPLITS else ("x",)
@@ -141,6 +168,8 @@ def write_features(*, clip: Path, data: Path, out: Path, data_root: Path, batch_
         # VQA: several questions per image and a few question templates, so both dedupe well.
         question = (_embed_deduplicated(list(frames[name]["question"]), partial(embed_texts, model, batch_size=batch_size))
                     if task.kind == "vqa" else None)
+        if question is not None:
+            questions[name] = question
         for view, key in enumerate(keys):  # view 0 is the image itself
             augmentation = ViewAugmentation(augment, seed=seed, view=view) if view else None
             embed = partial(embed_images, model, data_root, batch_size=batch_size, what=f"{name} {key}",
@@ -150,6 +179,8 @@ def write_features(*, clip: Path, data: Path, out: Path, data_root: Path, batch_
             tensors[name][key] = image if question is None else fuse_vqa(image, question)
 
     _check_finite_features(tensors)
+    shifts = _feature_shifts(model, frames, tensors, questions, data_root=data_root, robust=robust,
+                             n_images=shift_images, batch_size=batch_size, seed=seed)
     vqa_test = [name for name, (task, split) in SPLITS.items() if task.kind == "vqa" and split == "test"]
     out_of_vocab = sum(int((tensors[name]["y"] < 0).sum()) for name in vqa_test)
     if out_of_vocab:
@@ -166,4 +197,5 @@ def write_features(*, clip: Path, data: Path, out: Path, data_root: Path, batch_
         for name, split_tensors in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", split_tensors)
         write_json(tmp / FEATURES_META, meta)
+        write_json(tmp / SHIFT_FILE, shifts)
     log.info("wrote features for %s to %s", ", ".join(tensors), out)

@@ -12,4 +12,5 @@ from medvlm.runtime import resolve_device
 
 def features_stage(*, params: Params, clip: Path, data: Path, out: Path, data_root: Path = Path("data")) -> None:
     write_features(clip=clip, data=data, out=out, data_root=data_root, batch_size=params.features.batch_size,
-                   augment=params.features.augment, seed=params.seed, device=resolve_device(params.device))
+                   augment=params.features.augment, robust=params.evaluate.robust,
+                   shift_images=params.features.shift_images, seed=params.seed, device=resolve_device(params.device))
