@@ -293,3 +293,47 @@ def test_save_copies_params_metrics_and_items_from_the_dvc_cache(tmp_path):
     with pytest.raises(ReportError, match=r"run main \(.*items/robust/ran.parquet"):
         save_runs(repo=repo, study=study, runs=runs_from_revisions(repo=repo, revisions=["main"]))
     assert sorted(path.name for path in (study / "runs").iterdir()) == ["main"]  # nothing half-written
+
+
+N_CHECK = 60
+
+
+def _checked_study(root: Path, *, masked: bool) -> Path:
+    """3 seeds x {0, 0.3}, LP only, where PGD's robust accuracy rises by 0.4 at 0.3. masked: AutoAttack and Square
+    bring it back to 0.2 at both ratios (the rise was gradient masking); else they lower it by 0.05 only."""
+    study = root / ("masked" if masked else "real")
+    for seed in range(3):
+        for ratio in (0.0, 0.3):
+            folder = write_run(study, f"s{seed}-r{ratio}", params(seed, ratio, heads__methods=["lp"]), methods=("lp",))
+            path = folder / "items" / "robust" / "lp.parquet"
+            parts = []
+            for task, table in pd.read_parquet(path).groupby("task", sort=False):
+                table = table.reset_index(drop=True)
+                pgd = 0.3 + 0.4 * (ratio > 0)
+                table["eps_2"] = pd.array(correct(seed, task, f"{ratio}-pgd", pgd, N_MAIN), dtype="boolean")
+                for column, p in (("worst_case", 0.2 if masked else pgd - 0.05), ("square", 0.2 if masked else pgd),
+                                  ("large_eps", 0.0)):
+                    values = pd.array(correct(seed, task, f"{ratio}-{column}", p, N_MAIN), dtype="boolean")
+                    values[N_CHECK:] = pd.NA  # the checks attack the first items of the main subset
+                    table[column] = values
+                parts.append(table)
+            pd.concat(parts).to_parquet(path, index=False)
+    return study
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_claim_e_is_stated_only_where_it_survives_autoattack_and_square(tmp_path, masked):
+    study = _checked_study(tmp_path, masked=masked)
+    text = build_report(study=study, out=tmp_path / "out", root=tmp_path, resamples=200).read_text()
+    conditions = group_conditions(runs=load_study(study=study))
+    claims = study_claims(conditions=conditions, methods=("lp",))
+    rows = evaluate_claims(claims=claims, robust_metric="eps_2")
+    assert pick(rows, "e", "lp", "cls_id", "robust").verdict == "holds"  # PGD alone sees the rise either way
+    assert "## Robust accuracy checked: AutoAttack, Square and a large radius" in text
+    assert "| e-AA | lp | cls_id | worst_case | 0.3 − 0 |" in text
+    assert "| noise_ratio=0.3 | lp | in-domain | 60 |" in text  # the checks table, on the 60 checked items
+    assert (tmp_path / "out" / "..").exists() and (study / "figures" / "worst_case_vs_noise.png").stat().st_size > 5000
+    if masked:
+        assert "**Claim (e) is not established.**" in text and "survives AutoAttack and Square together for none" in text
+    else:
+        assert "**Claim (e) survives AutoAttack and Square**" in text and "lp on in-domain" in text

@@ -49,8 +49,8 @@ class Split:
 def carve_validation(images: Sequence[str], *, seed: int, task: str, share: float = VALIDATION_SHARE) -> Split:
     """A seeded `share` of the distinct images (all their rows) for validation, the rest to fit on."""
     distinct = list(dict.fromkeys(images))
-    if len(distinct) < 4:
-        raise ValueError(f"{task}: {len(distinct)} training image(s); a validation split needs four or more")
+    if len(distinct) < 2:
+        raise ValueError(f"{task}: {len(distinct)} training image(s); a validation split needs two or more")
     order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(zlib.crc32(f"{seed}/{task}/val".encode())))
     held = {distinct[i] for i in order[:max(1, round(share * len(distinct)))].tolist()}
     in_validation = torch.tensor([image in held for image in images])

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from medvlm.tasks import TASKS, eps_key
 from medvlm.io import atomic_dir, atomic_file
-from medvlm.report.claims import mdd_contrasts, study_claims
+from medvlm.report.claims import ROBUST_CHECKS, mdd_contrasts, robust_rises, study_claims
 from medvlm.report.collect import ReportError
 from medvlm.report.conditions import Condition, group_conditions
 from medvlm.report.contrasts import evaluate, evaluate_claims
 from medvlm.report.figures import accuracy_figure
+from medvlm.report.robust_checks import checks_table, has_checks, survival_text
 from medvlm.report.setup import setup_lines
 from medvlm.report.study import CLEAN, RUNS_DIR, StudyRun, load_study, radius_of
 from medvlm.report.summary import summarize
@@ -77,15 +78,15 @@ def _chance(runs: Sequence[StudyRun]) -> dict[str, float]:
 
 
 def _summaries(conditions: Sequence[Condition], methods: Sequence[str], main: str, radii: Sequence[str],
-               resamples: int) -> Summaries:
+               checked: Sequence[str], resamples: int) -> Summaries:
     summaries = {}
     for condition in conditions:
         for method in methods:
             for task in TASKS:
-                for metric in dict.fromkeys((CLEAN, main, *radii)):
+                for metric in dict.fromkeys((CLEAN, main, *checked, *radii)):
                     summaries[(condition, method, task, metric)] = summarize(
                         condition=condition, method=method, task=task, metric=metric,
-                        interval=metric in (CLEAN, main), resamples=resamples)
+                        interval=metric in (CLEAN, main, *checked), resamples=resamples)
     return summaries
 
 
@@ -99,8 +100,11 @@ def build_report(*, study: Path, out: Path, notes: Path | None = None, eps_255: 
     methods = methods_of(runs=runs)
     main = robust_metric(runs=runs, eps_255=eps_255)
     radii = sorted({r for run in runs for r in run.radii()}, key=radius_of)
-    summaries = _summaries(conditions, methods, main, radii, resamples)
+    checked = ("worst_case",) if has_checks(runs=runs) else ()
+    summaries = _summaries(conditions, methods, main, radii, checked, resamples)
     claims = study_claims(conditions=conditions, methods=methods)
+    if checked:
+        claims += [robust_rises(conditions=conditions, methods=methods, metric=metric) for metric in ROBUST_CHECKS]
     rows = evaluate_claims(claims=claims, robust_metric=main)
     detectable, mdd_notes = mdd_contrasts(conditions=conditions, methods=methods)
     mdd_rows = [evaluate(claim="mdd", contrast=contrast, robust_metric=main) for contrast in detectable]
@@ -109,8 +113,10 @@ def build_report(*, study: Path, out: Path, notes: Path | None = None, eps_255: 
 
     figures = {"clean_vs_noise.png": "clean accuracy",
                "robust_vs_noise.png": f"accuracy under PGD {radius_title(main)}"}
+    if checked:
+        figures["worst_case_vs_noise.png"] = f"worst case over PGD and AutoAttack {radius_title(main)}"
     with atomic_dir(study / "figures") as folder:
-        for (name, title), metric in zip(figures.items(), (CLEAN, main)):
+        for (name, title), metric in zip(figures.items(), (CLEAN, main, *checked)):
             accuracy_figure(conditions=conditions, methods=methods, summaries=summaries, metric=metric,
                             ylabel=title, chance=_chance(runs), path=folder / name)
 
@@ -130,6 +136,14 @@ def build_report(*, study: Path, out: Path, notes: Path | None = None, eps_255: 
         "## Runs", runs_table(conditions=conditions),
         "## Setup", "\n".join(setup_lines(runs=runs, conditions=conditions, main=main, radii=radii, counts=counts)),
         "## Claims", "\n".join(claim_lines), claims_table(rows=rows),
+        *(["## Robust accuracy checked: AutoAttack, Square and a large radius",
+            "PGD's robust accuracy is an upper bound. On the first items of each main subset the robustness stage "
+            "also runs AutoAttack (APGD-CE + APGD-T) and the black-box Square attack, each counted as the worst "
+            f"case per item together with PGD, and PGD at a large radius, which must fool about every item (a "
+            "figure near clean accuracy there, or Square finding what the gradient attacks miss, would point to "
+            "gradient masking). Claims (e-AA) and (e-Square) re-test (e) on those worst cases.",
+            checks_table(conditions=conditions, methods=methods, main=main), survival_text(rows=rows)]
+          if checked else []),
         "## Minimum detectable differences",
         f"Paired MDD of the 0.3 − 0 contrast per method (clean, and robust at {radius_title(main)}), and the median "
         "over methods: smaller true effects are likely to go undetected at this number of seeds and items. The "
