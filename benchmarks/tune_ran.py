@@ -102,6 +102,9 @@ def run_variants(variants: dict[str, dict[str, Any]], params_by_seed: dict[int, 
 def table(rows: list[dict[str, Any]], scores: dict, reference: str) -> str:
     lines = ["| variant | clean (mean ± sd) | robust (mean ± sd) | metric | change vs " + reference
              + " | 95 % interval | Holm p | verdict | MDD |", "|" + "---|" * 9]
+    base_clean, base_robust = (mean_accuracy(scores, reference, metric) for metric in ("clean", "robust"))
+    lines.append(f"| {reference} (reference) | {base_clean[0]:.3f} ± {base_clean[1]:.3f} | "
+                 f"{base_robust[0]:.3f} ± {base_robust[1]:.3f} | | | | | | |")
     for row in rows:
         clean, robust = (mean_accuracy(scores, row["variant"], metric) for metric in ("clean", "robust"))
         lines.append(f"| {row['variant']} | {clean[0]:.3f} ± {clean[1]:.3f} | {robust[0]:.3f} ± {robust[1]:.3f} | "
