@@ -30,6 +30,7 @@ TINY = {
     "surrogate": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
     "pretrain": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
     "attack": {"batch_size": 16, "success_candidates": 8, "image": {"steps": 2}},
+    "features": {"shift_images": 4},
     "heads": {"methods": list(METHODS), **{method: {"epochs": 2, "batch_size": 16} for method in METHODS}},
     "evaluate": {"bootstrap": {"samples": 100},
                  "robust": {"eps_255": [2, 8], "steps": 2, "n_images": 4, "main_n_images": 6, "batch_size": 6,

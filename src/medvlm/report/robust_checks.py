@@ -69,7 +69,8 @@ def survival_text(*, rows: Sequence[Row]) -> str:
               if row.claim == keys[1] and row.result is not None}
     surviving = sorted(holds["e"].intersection(*(holds[key] for key in keys[1:])))
     if not tested:
-        return "Claim (e) could not be checked: no run has AutoAttack items."
+        return ("Claim (e) could not be re-tested on the stronger attacks: none of its contrasts could be computed "
+                "(the claims table says why, e.g. no noise-free baseline for the 0.3 condition).")
     if not surviving:
         under_pgd = len(holds["e"])
         return (f"**Claim (e) is not established.** It holds under PGD for {under_pgd} of the method × task "
