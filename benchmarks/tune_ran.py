@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from calibrate_testbed import set_dotted  # the benchmarks folder is on sys.path when a script in it runs
+from medvlm.data.cached_features import read_feature_shifts
 from medvlm.models.clip import load_clip
 from medvlm.params import Params, ParamsError, parse_params
 from medvlm.pipeline.attack import attack_stage
@@ -167,8 +168,8 @@ def main() -> None:
             "ablation": ablation, "chosen": chosen, "sweep_contrasts": sweep_rows, "ablation_contrasts": ablation_rows,
             "accuracy": {name: {metric: mean_accuracy(all_scores, name, metric) for metric in ("clean", "robust")}
                          for all_scores in (scores, ablation_scores) for name in all_scores},
-            "measured_adv_eps": {seed: {task: json.loads((works[seed] / "data" / "features" / "feature_shift.json")
-                                                        .read_text())[task]["adv_eps"] for task in ("cls_id", "vqa")}
+            "measured_adv_eps": {seed: {task: shift["adv_eps"] for task, shift in
+                                        read_feature_shifts(works[seed] / "data" / "features").items()}
                                  for seed in args.seeds}}, indent=2))
 
 

@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvlm.data.cached_features import SHIFT_FILE, load_feature_split, read_features_meta
+from medvlm.data.cached_features import load_feature_split, read_feature_shifts, read_features_meta
 from medvlm.data.manifest import load_images, read_manifest, to_pixels
 from medvlm.engine.fit_head import fit_head, task_seed
-from medvlm.eval.robustness import encoder_head_classifier, robust_correct
-from medvlm.io import read_json
+from medvlm.eval.robustness import batched_robust_correct, encoder_head_classifier
 from medvlm.losses import build_loss
 from medvlm.methods import HeadTrainingParams
 from medvlm.models.clip import MedClip
@@ -51,7 +50,8 @@ def carve_validation(images: Sequence[str], *, seed: int, task: str, share: floa
     distinct = list(dict.fromkeys(images))
     if len(distinct) < 2:
         raise ValueError(f"{task}: {len(distinct)} training image(s); a validation split needs two or more")
-    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(zlib.crc32(f"{seed}/{task}/val".encode())))
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{task}/val".encode()))
+    order = torch.randperm(len(distinct), generator=generator)
     held = {distinct[i] for i in order[:max(1, round(share * len(distinct)))].tolist()}
     in_validation = torch.tensor([image in held for image in images])
     validation = in_validation.nonzero().squeeze(1)
@@ -74,8 +74,7 @@ class TaskData:
 def load_task_data(*, features: Path, data: Path, data_root: Path, seed: int, device: torch.device) -> list[TaskData]:
     """Every head task's cached training features, split, with the validation rows' pixels and questions."""
     meta = read_features_meta(features)
-    shift_file = Path(features) / SHIFT_FILE
-    shifts = read_json(shift_file) if shift_file.is_file() else {}
+    shifts = read_feature_shifts(features)
     tasks = []
     for task_name, split_name in head_tasks().items():
         task = TASKS[task_name]
@@ -90,7 +89,8 @@ def load_task_data(*, features: Path, data: Path, data_root: Path, seed: int, de
         dim = meta["dims"][task_name] // (3 if task.kind == "vqa" else 1)
         questions = tensors["x"][split.validation, dim:2 * dim].to(device) if task.kind == "vqa" else None
         tasks.append(TaskData(split=split, tensors=tensors, pixels=pixels, questions=questions,
-                              n_classes=len(meta[task.classes]), measured_adv_eps=shifts.get(task_name, {}).get("adv_eps")))
+                              n_classes=len(meta[task.classes]),
+                              measured_adv_eps=shifts.get(task_name, {}).get("adv_eps")))
     return tasks
 
 
@@ -108,17 +108,10 @@ def score_variant(*, method: str, settings: HeadTrainingParams, clip: MedClip, t
     with torch.no_grad():
         clean = (head(tensors["x"][split.validation].to(device)).argmax(dim=1) == labels).cpu().numpy()
     classify = encoder_head_classifier(clip, head, vqa=TASKS[split.task].kind == "vqa")
-    eps = robust.main_eps_255 / 255
-    attack_generator = torch.Generator().manual_seed(seed)
-    robust_parts = []
-    for start in range(0, len(labels), robust.batch_size):
-        part = slice(start, start + robust.batch_size)
-        robust_parts.append(robust_correct(
-            classify, task_data.pixels[part], labels[part],
-            None if task_data.questions is None else task_data.questions[part], eps=eps,
-            step=robust.step_fraction * eps, steps=robust.steps, random_start=robust.random_start,
-            generator=attack_generator).cpu().numpy())
-    return {"clean": clean.astype(float), "robust": np.concatenate(robust_parts).astype(float)}
+    robust_flags = batched_robust_correct(classify, task_data.pixels, labels, task_data.questions,
+                                          eps=robust.main_eps_255, steps=robust.steps, robust=robust,
+                                          generator=torch.Generator().manual_seed(seed)).cpu().numpy()
+    return {"clean": clean.astype(float), "robust": robust_flags.astype(float)}
 
 
 Scores = Mapping[str, Mapping[int, Mapping[str, Mapping[str, np.ndarray]]]]

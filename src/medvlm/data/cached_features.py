@@ -26,6 +26,12 @@ SPLITS = feature_splits()
 """Every cached split -> (its task, the manifest split it embeds), from the task registry."""
 SHIFT_FILE = "feature_shift.json"
 """Per task, how far the evaluation's pixel PGD moves the cached u (medvlm.engine.feature_shift)."""
+
+
+def read_feature_shifts(features: Path) -> dict[str, Any]:
+    """The features' measured shifts by task ({} for features written before the shift was measured)."""
+    path = Path(features) / SHIFT_FILE
+    return read_json(path) if path.is_file() else {}
 TRAINING_SPLITS = tuple(head_tasks().values())
 """The splits heads train on; only these carry the augmented views."""
 VIEW_KEYS = ("x_view1", "x_view2")

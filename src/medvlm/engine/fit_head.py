@@ -22,8 +22,8 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from medvlm.data.cached_features import SHIFT_FILE, load_feature_split, read_features_meta
-from medvlm.io import DataError, atomic_dir, read_json
+from medvlm.data.cached_features import SHIFT_FILE, load_feature_split, read_feature_shifts, read_features_meta
+from medvlm.io import DataError, atomic_dir
 from medvlm.losses import HeadLoss, build_loss
 from medvlm.models.heads import Head, build_head, save_head
 from medvlm.methods import HeadTrainingParams
@@ -164,8 +164,7 @@ def train_heads(*, method: str, settings: HeadTrainingParams, features: Path, ou
     """Train one `method` head per task that trains a head (`medvlm.tasks`) on the cached train features; write
     `<task>.safetensors` and `<task>.json` to `out` and the training curves to the DVCLive folder `live`."""
     meta = read_features_meta(features)
-    shift_file = Path(features) / SHIFT_FILE
-    shifts = read_json(shift_file) if shift_file.is_file() else {}
+    shifts = read_feature_shifts(features)
     # Live closes (and flushes) before its temporary folder is renamed into place.
     with atomic_dir(out) as out_tmp, atomic_dir(live) as live_tmp, \
             Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False) as tracker:
@@ -179,7 +178,8 @@ def train_heads(*, method: str, settings: HeadTrainingParams, features: Path, ou
             try:
                 options = settings.loss_options(measured_adv_eps=measured)
             except ValueError as error:
-                raise DataError(f"{shift_file}: no measured feature shift for task {task!r} ({error}); "
+                raise DataError(f"{Path(features) / SHIFT_FILE}: no measured feature shift for task {task!r} "
+                                f"({error}); "
                                 "re-run the features stage") from error
             if measured is not None and options.get("adv_eps") == measured:
                 log.info("%s %s: feature-space budget adv_eps = %.4f std(u), measured (%s)", method, task, measured,

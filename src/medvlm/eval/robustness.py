@@ -95,9 +95,11 @@ def attack_subsets(n_items: int, sizes: tuple[int, ...], seed: int, task_index: 
     return [order[:size].sort().values for size in sizes]
 
 
-def _batched_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor,
-                     context: torch.Tensor | None, *, eps: float, steps: int, robust: RobustnessParams,
-                     generator: torch.Generator) -> torch.Tensor:
+def batched_robust_correct(classify: Classifier, pixels: torch.Tensor, labels: torch.Tensor,
+                           context: torch.Tensor | None, *, eps: float, steps: int, robust: RobustnessParams,
+                           generator: torch.Generator) -> torch.Tensor:
+    """`robust_correct` in batches of `robust.batch_size`, at `eps` in 1/255 units with the step rule and
+    random start of `robust`."""
     chunks = []
     for start in range(0, len(labels), robust.batch_size):
         part = slice(start, start + robust.batch_size)
@@ -120,7 +122,7 @@ def strong_pgd_check(classify: Classifier, pixels: torch.Tensor, labels: torch.T
     survivors = weak.nonzero().squeeze(1)
     if len(survivors):
         on_device = survivors.to(pixels.device)
-        strong[survivors] = _batched_correct(classify, pixels[on_device], labels[on_device],
+        strong[survivors] = batched_robust_correct(classify, pixels[on_device], labels[on_device],
                                              None if context is None else context[on_device],
                                              eps=robust.main_eps_255, steps=robust.check_steps, robust=robust,
                                              generator=generator).cpu()
@@ -170,7 +172,7 @@ def worst_case_and_masking_checks(classify: Classifier, pixels: torch.Tensor, la
         lambda *inputs: autoattack_correct(classify, *inputs, eps=eps, plan=black_box, seed=seed,
                                            batch_size=settings.batch_size, where=f"{where} Square {at_main}"),
         pgd_correct, square.stop, part)
-    large = _batched_correct(finite_logits(classify, f"{where} PGD eps {robust.masking.large_eps_255:g}/255"),
+    large = batched_robust_correct(finite_logits(classify, f"{where} PGD eps {robust.masking.large_eps_255:g}/255"),
                              *part(aa), eps=robust.masking.large_eps_255, steps=robust.steps, robust=robust,
                              generator=generator).cpu()
     with torch.no_grad():
@@ -267,7 +269,7 @@ def attack_heads(*, method: str, data: Path, features: Path, clip: Path, heads: 
             where = torch.ones_like(in_small) if eps in (0.0, robust.main_eps_255) else in_small
             on_device = where.to(pixels.device)
             checked = finite_logits(classify, f"robustness {method} {task_name} PGD eps {eps:g}/255")
-            correct_at[eps] = _batched_correct(checked, pixels[on_device], labels[on_device],
+            correct_at[eps] = batched_robust_correct(checked, pixels[on_device], labels[on_device],
                                                None if questions is None else questions[on_device], eps=eps,
                                                steps=robust.steps, robust=robust, generator=generator).cpu()
             attacked += len(correct_at[eps]) * (robust.steps if eps else 1)
